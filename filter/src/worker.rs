@@ -1,0 +1,217 @@
+//! One worker VM's state, as plain logic: the split decision, the
+//! per-version accumulators and the sync state machine (report, acknowledge,
+//! apply weights, back off).
+//!
+//! Nothing here calls the host. The proxy-wasm shim in `lib.rs` feeds it
+//! callbacks and a monotonic clock reading, and carries out what it returns,
+//! so every rule below is unit-tested natively.
+//!
+//! Counts are never lost: a report is cut from the accumulators once, kept
+//! with its seq until the analyzer acknowledges it, and re-sent unchanged
+//! after a failure. Requests completed meanwhile accumulate apart and go
+//! into the next seq, so memory stays at two dense histograms per version
+//! however long the analyzer is away.
+
+use canary_protocol::report::encode_report;
+use canary_protocol::{
+    CanaryWeight, ReportHeader, SplitRng, StatusClass, SyncResponse, Version, VersionStats, Weights, sticky_version,
+};
+
+/// What the shim must do after a sync completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// `Some((old, new))` when the applied weights changed.
+    pub weights_changed: Option<(Weights, Weights)>,
+    /// The first success after one or more failures.
+    pub recovered: bool,
+    /// The sync failed; the worker keeps its last weights (fail-static).
+    pub failed: bool,
+    /// Start the next sync now instead of waiting for a tick: set when new
+    /// weights must be confirmed to the analyzer at once.
+    pub resync_now: bool,
+}
+
+/// Why a sync did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncFailure {
+    /// Envoy could not dispatch the call (unknown cluster, bad headers).
+    Dispatch,
+    /// Reset or timeout: Envoy reports these as a response without headers.
+    NoResponse,
+    /// The analyzer answered with a status other than 200.
+    Status(u16),
+    /// A 200 whose body did not decode.
+    BadBody(String),
+    /// A 200 acknowledging a seq other than the one sent.
+    WrongAck { sent: u64, acked: u64 },
+}
+
+impl std::fmt::Display for SyncFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncFailure::Dispatch => f.write_str("could not dispatch the call (is the analyzer cluster defined?)"),
+            SyncFailure::NoResponse => f.write_str("no response (reset or timeout)"),
+            SyncFailure::Status(status) => write!(f, "analyzer answered HTTP {status}"),
+            SyncFailure::BadBody(error) => write!(f, "bad response body: {error}"),
+            SyncFailure::WrongAck { sent, acked } => write!(f, "sent seq {sent} but the analyzer acknowledged {acked}"),
+        }
+    }
+}
+
+/// A worker VM's state.
+#[derive(Debug)]
+pub struct Worker {
+    weights: Weights,
+    accumulating: [VersionStats; 2],
+    /// Requests per version since the VM started, for Envoy-native counters.
+    requests_total: [u64; 2],
+    rng: SplitRng,
+    header: ReportHeader,
+    report_interval_ms: u64,
+    /// The report cut and sent but not yet acknowledged: (seq, bytes).
+    unacked: Option<(u64, Vec<u8>)>,
+    in_flight: bool,
+    last_dispatch_ms: u64,
+    /// No sync starts before this monotonic time.
+    next_sync_ms: u64,
+    consecutive_failures: u64,
+    sync_failures_total: u64,
+}
+
+impl Worker {
+    /// A worker that splits at `initial_weight` until the analyzer answers.
+    pub fn new(
+        proxy_id: String,
+        worker_id: u64,
+        rng_seed: u64,
+        report_interval_ms: u32,
+        initial_weight: CanaryWeight,
+    ) -> Self {
+        Self {
+            // Version 0 means "never heard from the analyzer".
+            weights: Weights { weights_version: 0, canary_weight: initial_weight },
+            accumulating: Default::default(),
+            requests_total: [0; 2],
+            rng: SplitRng::new(rng_seed),
+            header: ReportHeader { proxy_id, worker_id, seq: 0, weights_version: 0, max_hold_ms: report_interval_ms },
+            report_interval_ms: u64::from(report_interval_ms),
+            unacked: None,
+            in_flight: false,
+            last_dispatch_ms: 0,
+            next_sync_ms: 0,
+            consecutive_failures: 0,
+            sync_failures_total: 0,
+        }
+    }
+
+    pub fn weights(&self) -> Weights {
+        self.weights
+    }
+
+    pub fn requests_total(&self) -> [u64; 2] {
+        self.requests_total
+    }
+
+    pub fn sync_failures_total(&self) -> u64 {
+        self.sync_failures_total
+    }
+
+    /// Random split for a request without a sticky key.
+    #[inline]
+    pub fn decide_random(&mut self) -> Version {
+        match self.weights.canary_weight {
+            CanaryWeight::ZERO => Version::Stable,
+            CanaryWeight::FULL => Version::Canary,
+            weight => self.rng.next_version(weight),
+        }
+    }
+
+    /// Sticky split by key.
+    #[inline]
+    pub fn decide_sticky(&self, key: &[u8]) -> Version {
+        sticky_version(key, self.weights.canary_weight)
+    }
+
+    /// Whether the decision can skip reading the sticky key: at 0% and 100%
+    /// every key gets the same answer.
+    #[inline]
+    pub fn needs_key(&self) -> bool {
+        !matches!(self.weights.canary_weight, CanaryWeight::ZERO | CanaryWeight::FULL)
+    }
+
+    /// Counts one completed request.
+    #[inline]
+    pub fn record(&mut self, version: Version, class: StatusClass, latency_us: u64) {
+        self.accumulating[version.index()].record(class, latency_us);
+        let total = &mut self.requests_total[version.index()];
+        *total = total.saturating_add(1);
+    }
+
+    /// Whether a sync should start now.
+    pub fn sync_due(&self, now_ms: u64) -> bool {
+        !self.in_flight && now_ms >= self.next_sync_ms
+    }
+
+    /// Starts a sync and returns the body to send: the unacknowledged report
+    /// again if there is one, otherwise a new report cut from the
+    /// accumulators (which are then emptied).
+    pub fn begin_sync(&mut self, now_ms: u64) -> &[u8] {
+        self.in_flight = true;
+        self.last_dispatch_ms = now_ms;
+        let (_, body) = self.unacked.get_or_insert_with(|| {
+            self.header.seq += 1;
+            self.header.weights_version = self.weights.weights_version;
+            let mut body = Vec::with_capacity(256);
+            encode_report(&self.header, &self.accumulating[0], &self.accumulating[1], &mut body);
+            for stats in &mut self.accumulating {
+                stats.reset();
+            }
+            (self.header.seq, body)
+        });
+        body
+    }
+
+    /// Ends the sync in flight with the analyzer's answer or a failure.
+    pub fn finish_sync(&mut self, now_ms: u64, result: Result<SyncResponse, SyncFailure>) -> SyncOutcome {
+        self.in_flight = false;
+        let sent_seq = self.unacked.as_ref().map_or(0, |(seq, _)| *seq);
+        let result = result.and_then(|response| {
+            if response.acked_seq == sent_seq {
+                Ok(response)
+            } else {
+                Err(SyncFailure::WrongAck { sent: sent_seq, acked: response.acked_seq })
+            }
+        });
+        match result {
+            Ok(response) => {
+                self.unacked = None;
+                let recovered = self.consecutive_failures > 0;
+                self.consecutive_failures = 0;
+                let old = self.weights;
+                let weights_changed = (response.weights != old).then_some((old, response.weights));
+                self.weights = response.weights;
+                // New weights are confirmed at once; otherwise keep to the
+                // report interval even if the analyzer answered early.
+                self.next_sync_ms =
+                    if weights_changed.is_some() { now_ms } else { self.last_dispatch_ms + self.report_interval_ms };
+                SyncOutcome { weights_changed, recovered, failed: false, resync_now: weights_changed.is_some() }
+            }
+            Err(_) => {
+                self.consecutive_failures += 1;
+                self.sync_failures_total += 1;
+                self.next_sync_ms = now_ms + self.report_interval_ms.min(1_000);
+                SyncOutcome { weights_changed: None, recovered: false, failed: true, resync_now: false }
+            }
+        }
+    }
+
+    /// Whether this failure is the first of a run, so the shim logs once per
+    /// outage rather than once per retry.
+    pub fn is_first_failure(&self) -> bool {
+        self.consecutive_failures == 1
+    }
+}
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

@@ -1,0 +1,143 @@
+use canary_protocol::Report;
+
+use super::*;
+
+fn worker() -> Worker {
+    Worker::new("proxy-a".into(), 7, 1, 1_000, CanaryWeight::ZERO)
+}
+
+fn weights(weights_version: u64, bp: u64) -> Weights {
+    Weights { weights_version, canary_weight: CanaryWeight::from_bp(bp).expect("valid") }
+}
+
+fn ack(seq: u64, weights: Weights) -> Result<SyncResponse, SyncFailure> {
+    Ok(SyncResponse { acked_seq: seq, weights })
+}
+
+fn sent(worker: &mut Worker, now_ms: u64) -> Report {
+    Report::decode(worker.begin_sync(now_ms)).expect("the worker encodes valid reports")
+}
+
+#[test]
+fn unacknowledged_report_is_resent_unchanged_and_new_counts_wait() {
+    let mut worker = worker();
+    worker.record(Version::Stable, StatusClass::Success, 100);
+    let first = sent(&mut worker, 0);
+    assert_eq!((first.header.seq, first.versions[0].requests), (1, 1));
+
+    // Counts that arrive while the report is in flight are kept apart.
+    worker.record(Version::Stable, StatusClass::ServerError, 200);
+    let outcome = worker.finish_sync(10, Err(SyncFailure::NoResponse));
+    assert!(outcome.failed && worker.is_first_failure());
+    assert_eq!(worker.weights(), weights(0, 0), "fail-static: weights unchanged");
+    assert!(!worker.sync_due(500), "backs off after a failure");
+    assert!(worker.sync_due(1_010));
+
+    let again = sent(&mut worker, 1_010);
+    assert_eq!(again, first, "the same seq and the same counts are re-sent");
+    worker.finish_sync(1_020, ack(1, weights(0, 0)));
+
+    let next = sent(&mut worker, 2_000);
+    assert_eq!(next.header.seq, 2);
+    assert_eq!(next.versions[0].requests, 1);
+    assert_eq!(next.versions[0].status.status_5xx, 1);
+}
+
+#[test]
+fn counts_are_conserved_across_many_failures() {
+    let mut worker = worker();
+    let mut acknowledged = [0u64; 2];
+    let mut now_ms = 0;
+    for round in 0..200u64 {
+        for request in 0..(round % 7) {
+            let version = if request % 3 == 0 { Version::Canary } else { Version::Stable };
+            worker.record(version, StatusClass::Success, request * 10);
+        }
+        if worker.sync_due(now_ms) {
+            let report = sent(&mut worker, now_ms);
+            let seq = report.header.seq;
+            if round % 3 == 0 {
+                worker.finish_sync(now_ms, Err(SyncFailure::Status(503)));
+            } else {
+                acknowledged[0] += report.versions[0].requests;
+                acknowledged[1] += report.versions[1].requests;
+                worker.finish_sync(now_ms, ack(seq, weights(0, 0)));
+            }
+        }
+        now_ms += 500;
+    }
+    // Drain whatever is left with successful syncs.
+    for _ in 0..3 {
+        let report = sent(&mut worker, now_ms);
+        acknowledged[0] += report.versions[0].requests;
+        acknowledged[1] += report.versions[1].requests;
+        worker.finish_sync(now_ms, ack(report.header.seq, weights(0, 0)));
+        now_ms += 1_000;
+    }
+    assert_eq!(acknowledged, worker.requests_total());
+}
+
+#[test]
+fn new_weights_apply_at_once_and_are_confirmed_immediately() {
+    let mut worker = worker();
+    sent(&mut worker, 0);
+    let outcome = worker.finish_sync(5, ack(1, weights(3, 1_000)));
+    assert_eq!(outcome.weights_changed, Some((weights(0, 0), weights(3, 1_000))));
+    assert!(outcome.resync_now && worker.sync_due(5));
+    let confirmation = sent(&mut worker, 5);
+    assert_eq!(confirmation.header.weights_version, 3, "the next report confirms the applied version");
+
+    // Unchanged weights: the next report waits for the interval.
+    let outcome = worker.finish_sync(300, ack(2, weights(3, 1_000)));
+    assert_eq!(outcome.weights_changed, None);
+    assert!(!worker.sync_due(900));
+    assert!(worker.sync_due(1_005));
+}
+
+#[test]
+fn wrong_ack_is_a_failure_and_keeps_the_report() {
+    let mut worker = worker();
+    worker.record(Version::Canary, StatusClass::Success, 1);
+    let first = sent(&mut worker, 0);
+    let outcome = worker.finish_sync(1, ack(9, weights(4, 10_000)));
+    assert!(outcome.failed);
+    assert_eq!(worker.weights(), weights(0, 0), "weights from a confused answer are not applied");
+    assert_eq!(sent(&mut worker, 2_000), first);
+}
+
+#[test]
+fn recovery_is_reported_once() {
+    let mut worker = worker();
+    sent(&mut worker, 0);
+    worker.finish_sync(0, Err(SyncFailure::Dispatch));
+    sent(&mut worker, 1_000);
+    worker.finish_sync(1_000, Err(SyncFailure::Dispatch));
+    assert!(!worker.is_first_failure());
+    assert_eq!(worker.sync_failures_total(), 2);
+    sent(&mut worker, 2_000);
+    let outcome = worker.finish_sync(2_000, ack(1, weights(0, 0)));
+    assert!(outcome.recovered);
+}
+
+#[test]
+fn decisions_follow_the_weight() {
+    let mut worker = worker();
+    assert!(!worker.needs_key());
+    assert!((0..1_000).all(|_| worker.decide_random() == Version::Stable));
+    sent(&mut worker, 0);
+    worker.finish_sync(0, ack(1, weights(1, 10_000)));
+    assert!((0..1_000).all(|_| worker.decide_random() == Version::Canary));
+    sent(&mut worker, 0);
+    worker.finish_sync(0, ack(2, weights(2, 2_500)));
+    assert!(worker.needs_key());
+    let canary = (0..40_000).filter(|_| worker.decide_random() == Version::Canary).count();
+    assert!((9_500..10_500).contains(&canary), "{canary}");
+    assert_eq!(worker.decide_sticky(b"user-1"), sticky_version(b"user-1", CanaryWeight::from_bp(2_500).expect("ok")));
+}
+
+#[test]
+fn initial_weight_is_used_until_the_analyzer_answers() {
+    let mut worker = Worker::new("p".into(), 1, 1, 1_000, CanaryWeight::FULL);
+    assert_eq!(worker.decide_random(), Version::Canary);
+    assert_eq!(worker.weights().weights_version, 0);
+}

@@ -131,13 +131,13 @@ impl Context for CanaryRoot {
                 log(
                     LogLevel::Info,
                     &format!(
-                        "canary_split: applied weights v{} (canary {}), was v{} (canary {})",
+                        "applied weights v{} (canary {}), was v{} (canary {})",
                         new.weights_version, new.canary_weight, old.weights_version, old.canary_weight
                     ),
                 );
             }
             if outcome.recovered {
-                log(LogLevel::Info, "canary_split: analyzer reachable again; reporting resumed");
+                log(LogLevel::Info, "analyzer reachable again; reporting resumed");
             }
             if let Some(failure) = failure.filter(|_| worker.is_first_failure()) {
                 log_sync_failure(&worker, &failure, &configured.config);
@@ -161,11 +161,21 @@ impl RootContext for CanaryRoot {
                 log(
                     LogLevel::Error,
                     &format!(
-                        "canary_split: invalid plugin configuration: {error}; \
-                         the filter is not configured and routes every request to stable"
+                        "invalid plugin configuration: {error}; \
+                         the filter is disabled and routes every request to stable"
                     ),
                 );
-                return false;
+                // Returning false would be the conventional answer, but
+                // Envoy 1.40 then refuses the whole plugin ("Unable to create
+                // Wasm plugin") whatever the failure policy, so the listener
+                // would carry no traffic at all. Staying loaded and routing
+                // everything to stable is the fail-safe outcome; the gauge
+                // makes it alertable.
+                self.configured = None;
+                if let Ok(id) = hostcalls::define_metric(MetricType::Gauge, "canary_split_config_invalid") {
+                    let _ = hostcalls::record_metric(id, 1);
+                }
+                return true;
             }
         };
         // A reconfiguration keeps the worker, so its unreported counts and
@@ -364,7 +374,7 @@ fn log_sync_failure(worker: &Worker, failure: &SyncFailure, config: &FilterConfi
     log(
         LogLevel::Warn,
         &format!(
-            "canary_split: sync with analyzer cluster {:?} failed: {failure}; keeping weights v{} (canary {}) \
+            "sync with analyzer cluster {:?} failed: {failure}; keeping weights v{} (canary {}) \
              and the unreported counts until it answers",
             config.analyzer_cluster, weights.weights_version, weights.canary_weight
         ),

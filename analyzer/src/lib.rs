@@ -1,1 +1,37 @@
-//! placeholder
+//! The canary analyzer: the sidecar every canary filter syncs with.
+//!
+//! It owns the control side of progressive delivery. Filters in every Envoy
+//! worker send per-version counts and latency histograms over a long-poll
+//! (`POST /v1/filter/sync`); the analyzer deduplicates and aggregates them
+//! ([`aggregate`]), persists weights, totals and the deduplication table so
+//! that a `kill -9` loses nothing acknowledged ([`store`]), and answers each
+//! long-poll with the weights to apply, so a weight change or rollback
+//! reaches every worker within milliseconds. SREs read and steer it through a
+//! JSON API and Prometheus metrics ([`api`], [`metrics`]).
+//!
+//! The wire formats and the weight type come from `canary_protocol`; this
+//! crate only decides what to do with them.
+//!
+//! Module map:
+//! - [`config`]: flags, TOML file and environment, validated into a `Config`.
+//! - [`aggregate`]: pure (time is an argument). Totals, sliding window,
+//!   since-change aggregate, worker table with deduplication, liveness and
+//!   convergence, and the `GET /v1/rollout` view.
+//! - [`store`]: the state file (atomic JSON writes) and the group-commit
+//!   generation counters.
+//! - [`state`]: `AppState`, the shell around the aggregate: lock, published
+//!   weights (`ArcSwap` + `watch`), convergence notifications and the one
+//!   persister task.
+//! - [`api`]: `app(state) -> Router` and the JSON error type.
+//! - [`metrics`]: the Prometheus exposition, computed at scrape time.
+
+pub mod aggregate;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod state;
+pub mod store;
+
+pub use api::app;
+pub use config::{Cli, Config};
+pub use state::AppState;

@@ -1,0 +1,564 @@
+//! What the analyzer knows about the data plane, as plain data.
+//!
+//! [`Aggregate`] folds decoded reports into per-version totals, a sliding
+//! window and a "since the weights last changed" aggregate, and keeps the
+//! worker table that deduplicates re-sent reports and tracks which weights
+//! every worker has applied. It reads no clock and touches no socket: time is
+//! an argument (`now_unix_ms`), so every rule here is tested with tables.
+//!
+//! Rules:
+//! - A report whose seq is at most the worker's last ingested seq is a
+//!   duplicate (a re-send after a lost acknowledgement): its counts are not
+//!   added again. Either way the worker's applied weights version and
+//!   last-seen time are recorded.
+//! - Counts go to the since-change aggregate only when the report was routed
+//!   under the current weights version, so traffic split under old weights
+//!   does not blur the comparison after a change.
+//! - A worker is live while it was seen within `worker_stale_after_ms`, and
+//!   converged when it has applied the current weights version. Workers
+//!   silent for [`FORGET_WORKER_AFTER_MS`] are forgotten, which bounds the
+//!   table; a re-send after that long would be counted again, but a filter
+//!   retries within a second, so such a worker is gone.
+
+use std::collections::BTreeMap;
+
+use canary_protocol::{CanaryWeight, LatencyHistogram, Report, StatusCounts, Version, VersionDelta, Weights};
+use serde::Serialize;
+
+/// Silence after which a worker is dropped from the table.
+pub const FORGET_WORKER_AFTER_MS: u64 = 10 * 60 * 1_000;
+
+/// The knobs of the aggregate, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AggregateSettings {
+    pub window_seconds: u32,
+    pub worker_stale_after_ms: u64,
+}
+
+/// The weights and when they last changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightsRecord {
+    pub weights: Weights,
+    pub changed_at_unix_ms: u64,
+}
+
+impl WeightsRecord {
+    /// The weights of a fresh analyzer: all traffic on stable, as version 1.
+    /// Version 1 rather than 0 because a filter that has not heard from the
+    /// analyzer reports version 0 with its configured initial weight; a
+    /// different version makes the analyzer's weights win on the first sync.
+    pub fn initial(now_unix_ms: u64) -> WeightsRecord {
+        WeightsRecord {
+            weights: Weights { weights_version: 1, canary_weight: CanaryWeight::ZERO },
+            changed_at_unix_ms: now_unix_ms,
+        }
+    }
+}
+
+/// One version's request counts, status classes and latencies.
+#[derive(Debug, Clone, Default)]
+pub struct VersionCounts {
+    pub requests: u64,
+    pub status: StatusCounts,
+    pub latency_us: LatencyHistogram,
+}
+
+/// Identity of a worker VM: the Envoy instance and the VM's random id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkerKey {
+    pub proxy_id: String,
+    pub worker_id: u64,
+}
+
+/// What the analyzer remembers about one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerState {
+    /// Highest seq whose counts were added.
+    pub last_seq: u64,
+    pub applied_weights_version: u64,
+    pub last_seen_unix_ms: u64,
+}
+
+/// What one ingest did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// The report had been ingested before; its counts were not added.
+    pub duplicate: bool,
+    /// The worker is new or reported a different applied weights version, so
+    /// convergence waiters should look again.
+    pub applied_version_changed: bool,
+}
+
+/// Progress of the live workers towards a weights version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Convergence {
+    /// Live workers.
+    pub workers_total: usize,
+    /// Live workers that have applied the target version or a later one.
+    pub workers_confirmed: usize,
+    /// Live workers that have not.
+    pub unconfirmed: Vec<WorkerKey>,
+    /// When the first unconfirmed worker stops being live, after which it no
+    /// longer holds the rollout back.
+    pub next_stale_at_unix_ms: Option<u64>,
+}
+
+impl Convergence {
+    pub fn is_confirmed(&self) -> bool {
+        self.unconfirmed.is_empty()
+    }
+}
+
+/// The durable part of an [`Aggregate`]: what the state file holds.
+#[derive(Debug, Clone)]
+pub struct DurableParts {
+    pub weights: WeightsRecord,
+    pub totals: [VersionCounts; 2],
+    pub since_weights_change: [VersionCounts; 2],
+    pub workers: Vec<(WorkerKey, WorkerState)>,
+}
+
+/// Per-version totals, sliding window, since-change aggregate and worker
+/// table.
+#[derive(Debug, Clone)]
+pub struct Aggregate {
+    settings: AggregateSettings,
+    /// The newest weights, which may not be published to filters yet.
+    weights: WeightsRecord,
+    totals: [VersionCounts; 2],
+    since_weights_change: [VersionCounts; 2],
+    window: Window,
+    /// Ordered so that views list workers in a stable order.
+    workers: BTreeMap<WorkerKey, WorkerState>,
+    last_prune_unix_ms: u64,
+}
+
+impl Aggregate {
+    /// A fresh aggregate with the initial weights.
+    pub fn new(settings: AggregateSettings, now_unix_ms: u64) -> Aggregate {
+        Aggregate::restore(
+            settings,
+            now_unix_ms,
+            DurableParts {
+                weights: WeightsRecord::initial(now_unix_ms),
+                totals: Default::default(),
+                since_weights_change: Default::default(),
+                workers: Vec::new(),
+            },
+        )
+    }
+
+    /// An aggregate rebuilt from the state file. The window is not persisted:
+    /// it starts empty, and its rate counts only the time since `now_unix_ms`.
+    pub fn restore(settings: AggregateSettings, now_unix_ms: u64, parts: DurableParts) -> Aggregate {
+        Aggregate {
+            settings,
+            weights: parts.weights,
+            totals: parts.totals,
+            since_weights_change: parts.since_weights_change,
+            window: Window::new(settings.window_seconds, now_unix_ms),
+            workers: parts.workers.into_iter().collect(),
+            last_prune_unix_ms: 0,
+        }
+    }
+
+    pub fn settings(&self) -> AggregateSettings {
+        self.settings
+    }
+
+    /// The newest weights (see [`Aggregate::change_weight`]).
+    pub fn weights(&self) -> WeightsRecord {
+        self.weights
+    }
+
+    /// Sets the canary weight. A different weight makes a new weights version
+    /// and restarts the since-change aggregate; the same weight changes
+    /// nothing and returns `None`.
+    pub fn change_weight(&mut self, canary_weight: CanaryWeight, now_unix_ms: u64) -> Option<WeightsRecord> {
+        if canary_weight == self.weights.weights.canary_weight {
+            return None;
+        }
+        self.weights = WeightsRecord {
+            weights: Weights { weights_version: self.weights.weights.weights_version.saturating_add(1), canary_weight },
+            changed_at_unix_ms: now_unix_ms,
+        };
+        self.since_weights_change = Default::default();
+        Some(self.weights)
+    }
+
+    /// Folds one decoded report in (see the module docs for the rules).
+    pub fn ingest(&mut self, report: &Report, now_unix_ms: u64) -> IngestOutcome {
+        self.prune(now_unix_ms);
+        let header = &report.header;
+        let key = WorkerKey { proxy_id: header.proxy_id.clone(), worker_id: header.worker_id };
+        let (duplicate, applied_version_changed) = match self.workers.get_mut(&key) {
+            Some(worker) => {
+                let duplicate = header.seq <= worker.last_seq;
+                let changed = worker.applied_weights_version != header.weights_version;
+                if !duplicate {
+                    worker.last_seq = header.seq;
+                }
+                worker.applied_weights_version = header.weights_version;
+                worker.last_seen_unix_ms = now_unix_ms;
+                (duplicate, changed)
+            }
+            None => {
+                let worker = WorkerState {
+                    last_seq: header.seq,
+                    applied_weights_version: header.weights_version,
+                    last_seen_unix_ms: now_unix_ms,
+                };
+                self.workers.insert(key, worker);
+                (false, true)
+            }
+        };
+        if !duplicate {
+            let current_weights = header.weights_version == self.weights.weights.weights_version;
+            for version in Version::ALL {
+                let delta = report.version(version);
+                if delta.requests == 0 {
+                    continue;
+                }
+                let index = version.index();
+                self.totals[index].add_delta(delta);
+                self.window.add(version, delta, now_unix_ms);
+                if current_weights {
+                    self.since_weights_change[index].add_delta(delta);
+                }
+            }
+        }
+        IngestOutcome { duplicate, applied_version_changed }
+    }
+
+    /// Per-version totals since the state was created.
+    pub fn totals(&self) -> &[VersionCounts; 2] {
+        &self.totals
+    }
+
+    /// Per-version counts since the weights last changed.
+    pub fn since_weights_change(&self) -> &[VersionCounts; 2] {
+        &self.since_weights_change
+    }
+
+    /// Per-version counts of the sliding window ending at `now_unix_ms`.
+    pub fn window_counts(&self, now_unix_ms: u64) -> [VersionCounts; 2] {
+        self.window.sum(now_unix_ms)
+    }
+
+    /// Seconds of traffic the window covers at `now_unix_ms`: its length, or
+    /// less while the analyzer has been up for a shorter time.
+    pub fn window_covered_seconds(&self, now_unix_ms: u64) -> u64 {
+        self.window.covered_seconds(now_unix_ms)
+    }
+
+    /// Workers seen within [`FORGET_WORKER_AFTER_MS`], in key order.
+    pub fn workers(&self, now_unix_ms: u64) -> impl Iterator<Item = (&WorkerKey, &WorkerState)> {
+        self.workers
+            .iter()
+            .filter(move |(_, worker)| now_unix_ms.saturating_sub(worker.last_seen_unix_ms) <= FORGET_WORKER_AFTER_MS)
+    }
+
+    pub fn is_live(&self, worker: &WorkerState, now_unix_ms: u64) -> bool {
+        now_unix_ms.saturating_sub(worker.last_seen_unix_ms) <= self.settings.worker_stale_after_ms
+    }
+
+    /// How far the live workers are from having applied `target_version`.
+    pub fn convergence(&self, target_version: u64, now_unix_ms: u64) -> Convergence {
+        let mut convergence = Convergence {
+            workers_total: 0,
+            workers_confirmed: 0,
+            unconfirmed: Vec::new(),
+            next_stale_at_unix_ms: None,
+        };
+        for (key, worker) in self.workers(now_unix_ms) {
+            if !self.is_live(worker, now_unix_ms) {
+                continue;
+            }
+            convergence.workers_total += 1;
+            if worker.applied_weights_version >= target_version {
+                convergence.workers_confirmed += 1;
+            } else {
+                convergence.unconfirmed.push(key.clone());
+                let stale_at =
+                    worker.last_seen_unix_ms.saturating_add(self.settings.worker_stale_after_ms).saturating_add(1);
+                convergence.next_stale_at_unix_ms =
+                    Some(convergence.next_stale_at_unix_ms.map_or(stale_at, |earliest| earliest.min(stale_at)));
+            }
+        }
+        convergence
+    }
+
+    /// The whole worker table, including workers not yet pruned: what the
+    /// state file holds for deduplication after a restart.
+    pub fn worker_table(&self) -> impl Iterator<Item = (&WorkerKey, &WorkerState)> {
+        self.workers.iter()
+    }
+
+    /// The `GET /v1/rollout` document. `published` is what the filters are
+    /// being told, which is what convergence is measured against.
+    pub fn rollout_view(&self, published: &WeightsRecord, now_unix_ms: u64) -> RolloutView {
+        let window = self.window_counts(now_unix_ms);
+        let covered_seconds = self.window_covered_seconds(now_unix_ms);
+        let version_view = |version: Version| {
+            let index = version.index();
+            VersionView {
+                window: WindowView {
+                    seconds: self.settings.window_seconds,
+                    requests_per_second: window[index].requests as f64 / covered_seconds as f64,
+                    summary: window[index].summary(),
+                },
+                since_weights_change: self.since_weights_change[index].summary(),
+                total: self.totals[index].summary(),
+            }
+        };
+        let published_version = published.weights.weights_version;
+        let workers: Vec<WorkerView> = self
+            .workers(now_unix_ms)
+            .map(|(key, worker)| {
+                let live = self.is_live(worker, now_unix_ms);
+                WorkerView {
+                    proxy_id: key.proxy_id.clone(),
+                    worker_id: format_worker_id(key.worker_id),
+                    applied_weights_version: worker.applied_weights_version,
+                    last_seq: worker.last_seq,
+                    last_report_age_ms: now_unix_ms.saturating_sub(worker.last_seen_unix_ms),
+                    live,
+                    converged: worker.applied_weights_version == published_version,
+                }
+            })
+            .collect();
+        let live_workers = workers.iter().filter(|worker| worker.live).count();
+        let converged_workers = workers.iter().filter(|worker| worker.live && worker.converged).count();
+        RolloutView {
+            canary_weight_percent: published.weights.canary_weight.percent(),
+            canary_weight_bp: published.weights.canary_weight.bp(),
+            weights_version: published_version,
+            weights_changed_at_unix_ms: published.changed_at_unix_ms,
+            versions: VersionsView { stable: version_view(Version::Stable), canary: version_view(Version::Canary) },
+            data_plane: DataPlaneView {
+                live_workers,
+                converged_workers,
+                converged: live_workers == converged_workers,
+                workers,
+            },
+        }
+    }
+
+    /// Drops workers silent for [`FORGET_WORKER_AFTER_MS`]; at most once a
+    /// second, because ingest calls it on every report.
+    fn prune(&mut self, now_unix_ms: u64) {
+        if now_unix_ms.saturating_sub(self.last_prune_unix_ms) < 1_000 {
+            return;
+        }
+        self.last_prune_unix_ms = now_unix_ms;
+        self.workers.retain(|_, worker| now_unix_ms.saturating_sub(worker.last_seen_unix_ms) <= FORGET_WORKER_AFTER_MS);
+    }
+}
+
+impl VersionCounts {
+    pub fn add_delta(&mut self, delta: &VersionDelta) {
+        self.requests = self.requests.saturating_add(delta.requests);
+        self.status.merge(&delta.status);
+        self.latency_us.merge_sparse(&delta.latency_us);
+    }
+
+    pub fn merge(&mut self, other: &VersionCounts) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.status.merge(&other.status);
+        self.latency_us.merge(&other.latency_us);
+    }
+
+    /// Requests that count against a version: 5xx and no response.
+    pub fn errors(&self) -> u64 {
+        self.status.errors()
+    }
+
+    pub fn clear(&mut self) {
+        self.requests = 0;
+        self.status = StatusCounts::default();
+        self.latency_us.reset();
+    }
+
+    /// Ratio of errors to requests; `None` without requests.
+    pub fn error_ratio(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors() as f64 / self.requests as f64)
+    }
+
+    /// The JSON summary: counts, error ratio and p50/p95/p99 in ms.
+    pub fn summary(&self) -> SummaryView {
+        let quantiles_ms = self.latency_us.quantiles_us([0.5, 0.95, 0.99]).map(|us| us.map(|q| q as f64 / 1_000.0));
+        SummaryView {
+            requests: self.requests,
+            errors: self.errors(),
+            error_ratio: self.error_ratio(),
+            p50_ms: quantiles_ms.map(|q| q[0]),
+            p95_ms: quantiles_ms.map(|q| q[1]),
+            p99_ms: quantiles_ms.map(|q| q[2]),
+            status: StatusView::from(&self.status),
+        }
+    }
+}
+
+/// A worker id as JSON shows it: 16 lowercase hex digits, because a u64
+/// does not fit a JavaScript number.
+pub fn format_worker_id(worker_id: u64) -> String {
+    format!("{worker_id:016x}")
+}
+
+/// `GET /v1/rollout`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub canary_weight_percent: f64,
+    pub canary_weight_bp: u16,
+    pub weights_version: u64,
+    pub weights_changed_at_unix_ms: u64,
+    pub versions: VersionsView,
+    pub data_plane: DataPlaneView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionsView {
+    pub stable: VersionView,
+    pub canary: VersionView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionView {
+    pub window: WindowView,
+    pub since_weights_change: SummaryView,
+    pub total: SummaryView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowView {
+    pub seconds: u32,
+    pub requests_per_second: f64,
+    #[serde(flatten)]
+    pub summary: SummaryView,
+}
+
+/// Counts, error ratio and latency quantiles of one version over a span.
+/// Ratios and quantiles are `null` when there were no requests.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryView {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_ratio: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub status: StatusView,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct StatusView {
+    #[serde(rename = "2xx")]
+    pub status_2xx: u64,
+    #[serde(rename = "3xx")]
+    pub status_3xx: u64,
+    #[serde(rename = "4xx")]
+    pub status_4xx: u64,
+    #[serde(rename = "5xx")]
+    pub status_5xx: u64,
+    pub no_response: u64,
+}
+
+impl From<&StatusCounts> for StatusView {
+    fn from(status: &StatusCounts) -> Self {
+        StatusView {
+            status_2xx: status.status_2xx,
+            status_3xx: status.status_3xx,
+            status_4xx: status.status_4xx,
+            status_5xx: status.status_5xx,
+            no_response: status.no_response,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataPlaneView {
+    pub live_workers: usize,
+    pub converged_workers: usize,
+    /// Every live worker has applied the current weights version (true when
+    /// there are none).
+    pub converged: bool,
+    pub workers: Vec<WorkerView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub proxy_id: String,
+    pub worker_id: String,
+    pub applied_weights_version: u64,
+    pub last_seq: u64,
+    pub last_report_age_ms: u64,
+    pub live: bool,
+    pub converged: bool,
+}
+
+/// A ring of per-second slots, each with per-version counts. A slot is
+/// reused (reset, not reallocated) when its second comes round again.
+#[derive(Debug, Clone)]
+struct Window {
+    seconds: u32,
+    slots: Vec<WindowSlot>,
+    /// When the window started filling, to report a rate over the time it
+    /// actually covers.
+    origin_unix_second: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct WindowSlot {
+    unix_second: Option<u64>,
+    versions: [VersionCounts; 2],
+}
+
+impl Window {
+    fn new(seconds: u32, now_unix_ms: u64) -> Window {
+        // Configuration validates the length; a zero here would make the
+        // ring empty, so treat it as one second rather than divide by zero.
+        let seconds = seconds.max(1);
+        Window {
+            seconds,
+            slots: (0..seconds).map(|_| WindowSlot::default()).collect(),
+            origin_unix_second: now_unix_ms / 1_000,
+        }
+    }
+
+    fn add(&mut self, version: Version, delta: &VersionDelta, now_unix_ms: u64) {
+        let second = now_unix_ms / 1_000;
+        let index = (second % u64::from(self.seconds)) as usize;
+        let Some(slot) = self.slots.get_mut(index) else { return };
+        if slot.unix_second != Some(second) {
+            for counts in &mut slot.versions {
+                counts.clear();
+            }
+            slot.unix_second = Some(second);
+        }
+        slot.versions[version.index()].add_delta(delta);
+    }
+
+    /// Slots of the seconds in `(now - seconds, now]`.
+    fn sum(&self, now_unix_ms: u64) -> [VersionCounts; 2] {
+        let now_second = now_unix_ms / 1_000;
+        let mut sum: [VersionCounts; 2] = Default::default();
+        for slot in &self.slots {
+            let Some(second) = slot.unix_second else { continue };
+            if second <= now_second && second + u64::from(self.seconds) > now_second {
+                for (total, counts) in sum.iter_mut().zip(&slot.versions) {
+                    total.merge(counts);
+                }
+            }
+        }
+        sum
+    }
+
+    fn covered_seconds(&self, now_unix_ms: u64) -> u64 {
+        let elapsed_seconds = (now_unix_ms / 1_000).saturating_sub(self.origin_unix_second) + 1;
+        elapsed_seconds.clamp(1, u64::from(self.seconds))
+    }
+}
+
+#[cfg(test)]
+#[path = "aggregate_tests.rs"]
+mod tests;

@@ -1,0 +1,397 @@
+//! The HTTP surface: the filters' sync endpoint, the SRE JSON API, metrics
+//! and health. [`app`] builds the router and does no I/O of its own, so tests
+//! drive it in-process; `main` serves it.
+//!
+//! Every error answers `{"error": "...", "field": ...}` with a 4xx or 5xx
+//! status, and a refused request changes nothing.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use canary_protocol::{CanaryWeight, DecodeError, Report, SyncResponse};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::aggregate::{WorkerKey, format_worker_id};
+use crate::config::MAX_WAIT_TIMEOUT_MS;
+use crate::metrics::RejectReason;
+use crate::state::{AppState, WaitOutcome, WeightChange};
+use crate::store::NotDurable;
+
+/// Largest report body accepted. A report with every latency bucket of both
+/// versions filled is under 100 KiB, so this leaves room without letting a
+/// client make the analyzer buffer without bound.
+pub const MAX_REPORT_BYTES: usize = 1 << 20;
+/// Largest JSON body accepted by the SRE API.
+pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
+/// Longest a sync is held waiting for new weights, whatever the filter asks.
+pub const MAX_HOLD_MS: u64 = 30_000;
+
+/// The analyzer's routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/filter/sync", post(filter_sync))
+        .route("/v1/rollout", get(get_rollout))
+        .route("/v1/rollout/weight", put(put_weight))
+        .route("/v1/rollout/rollback", post(post_rollback))
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Why a request was refused; becomes a JSON error response.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{message}")]
+    BadRequest { message: String, field: Option<String> },
+    #[error("request body is larger than {limit_bytes} bytes")]
+    TooLarge { limit_bytes: usize },
+    #[error("{0}")]
+    NotDurable(#[from] NotDurable),
+    #[error("no route for {method} {path}")]
+    NotFound { method: Method, path: String },
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>, field: Option<&str>) -> ApiError {
+        ApiError::BadRequest { message: message.into(), field: field.map(str::to_owned) }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+        }
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.to_string(), field: self.field().map(str::to_owned) };
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    field: Option<String>,
+}
+
+/// `POST /v1/filter/sync`: token, decode, ingest, durability, hold, answer,
+/// in the order the contract gives.
+async fn filter_sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config().filter_token
+        && !bearer_token_matches(&headers, token)
+    {
+        state.count_rejected(RejectReason::Unauthorized);
+        return Err(ApiError::Unauthorized);
+    }
+    let bytes = read_body(body, MAX_REPORT_BYTES).await.inspect_err(|error| {
+        if matches!(error, ApiError::TooLarge { .. }) {
+            state.count_rejected(RejectReason::TooLarge);
+        }
+    })?;
+    let report = Report::decode(&bytes).map_err(|error| {
+        state.count_rejected(RejectReason::Malformed);
+        tracing::debug!(%error, "rejected a report");
+        ApiError::bad_request(error.to_string(), Some(&decode_error_field(&error)))
+    })?;
+    let (outcome, generation) = state.ingest(&report);
+    tracing::trace!(
+        proxy_id = %report.header.proxy_id,
+        worker_id = %format_worker_id(report.header.worker_id),
+        seq = report.header.seq,
+        duplicate = outcome.duplicate,
+        "report ingested"
+    );
+    state.wait_durable(generation).await?;
+    let max_hold = Duration::from_millis(u64::from(report.header.max_hold_ms).min(MAX_HOLD_MS));
+    let weights = state.hold_while_version(report.header.weights_version, max_hold).await;
+    let response = SyncResponse { acked_seq: report.header.seq, weights: weights.weights };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], response.to_bytes()).into_response())
+}
+
+async fn get_rollout(State(state): State<AppState>) -> Response {
+    axum::Json(state.rollout_view()).into_response()
+}
+
+/// `PUT /v1/rollout/weight` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightRequest {
+    canary_percent: f64,
+}
+
+/// `POST /v1/rollout/rollback` body: empty or `{}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {}
+
+async fn put_weight(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = Instant::now();
+    let wait = WaitQuery::parse(query.as_deref(), state.config().rollback_wait_timeout_ms)?;
+    let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
+    let request: WeightRequest = parse_json_body(&bytes, &["canary_percent"])?;
+    let canary_weight = CanaryWeight::from_percent(request.canary_percent)
+        .map_err(|error| ApiError::bad_request(error.to_string(), Some("canary_percent")))?;
+    let change = state.set_canary_weight(canary_weight).await?;
+    Ok(respond_to_change(&state, change, wait, received_at).await)
+}
+
+async fn post_rollback(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let received_at = Instant::now();
+    let wait = WaitQuery::parse(query.as_deref(), state.config().rollback_wait_timeout_ms)?;
+    let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
+    let _: RollbackRequest = parse_json_body(&bytes, &[])?;
+    let change = state.set_canary_weight(CanaryWeight::ZERO).await?;
+    if change.changed {
+        tracing::warn!(weights_version = change.weights.weights.weights_version, "rollback: canary weight set to 0");
+    }
+    Ok(respond_to_change(&state, change, wait, received_at).await)
+}
+
+async fn get_metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], state.render_metrics()).into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound { method, path: uri.path().to_owned() }
+}
+
+/// Response of a weight change or rollback.
+#[derive(Debug, Serialize)]
+struct WeightChangeBody {
+    /// Present only on a 504, so the body also follows the error convention.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<Option<String>>,
+    weights_version: u64,
+    canary_weight_percent: f64,
+    canary_weight_bp: u16,
+    changed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait: Option<WaitBody>,
+}
+
+#[derive(Debug, Serialize)]
+struct WaitBody {
+    confirmed: bool,
+    propagation_ms: Option<f64>,
+    workers_total: usize,
+    workers_confirmed: usize,
+    unconfirmed: Vec<WorkerRef>,
+}
+
+#[derive(Debug, Serialize)]
+struct WorkerRef {
+    proxy_id: String,
+    worker_id: String,
+}
+
+impl From<&WorkerKey> for WorkerRef {
+    fn from(key: &WorkerKey) -> Self {
+        WorkerRef { proxy_id: key.proxy_id.clone(), worker_id: format_worker_id(key.worker_id) }
+    }
+}
+
+async fn respond_to_change(state: &AppState, change: WeightChange, wait: WaitQuery, received_at: Instant) -> Response {
+    let weights = change.weights.weights;
+    let mut body = WeightChangeBody {
+        error: None,
+        field: None,
+        weights_version: weights.weights_version,
+        canary_weight_percent: weights.canary_weight.percent(),
+        canary_weight_bp: weights.canary_weight.bp(),
+        changed: change.changed,
+        wait: None,
+    };
+    if !wait.wait {
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let timeout = Duration::from_millis(wait.timeout_ms);
+    let outcome: WaitOutcome = state.wait_converged(weights.weights_version, received_at, timeout).await;
+    let status = if outcome.confirmed {
+        StatusCode::OK
+    } else {
+        body.error = Some(format!(
+            "{} of {} live workers did not confirm weights version {} within {} ms; the weights stay applied",
+            outcome.unconfirmed.len(),
+            outcome.workers_total,
+            weights.weights_version,
+            wait.timeout_ms
+        ));
+        body.field = Some(None);
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    body.wait = Some(WaitBody {
+        confirmed: outcome.confirmed,
+        propagation_ms: outcome.propagation_ms,
+        workers_total: outcome.workers_total,
+        workers_confirmed: outcome.workers_confirmed,
+        unconfirmed: outcome.unconfirmed.iter().map(WorkerRef::from).collect(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// `?wait=true&timeout_ms=N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WaitQuery {
+    wait: bool,
+    timeout_ms: u64,
+}
+
+impl WaitQuery {
+    fn parse(query: Option<&str>, default_timeout_ms: u64) -> Result<WaitQuery, ApiError> {
+        let mut parsed = WaitQuery { wait: false, timeout_ms: default_timeout_ms };
+        for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "wait" => {
+                    parsed.wait = match value {
+                        "true" | "1" | "" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(ApiError::bad_request(
+                                format!("wait is {value:?}, must be true or false"),
+                                Some("wait"),
+                            ));
+                        }
+                    }
+                }
+                "timeout_ms" => {
+                    parsed.timeout_ms =
+                        value.parse().ok().filter(|ms| (1..=MAX_WAIT_TIMEOUT_MS).contains(ms)).ok_or_else(|| {
+                            ApiError::bad_request(
+                                format!("timeout_ms is {value:?}, must be an integer in 1..={MAX_WAIT_TIMEOUT_MS}"),
+                                Some("timeout_ms"),
+                            )
+                        })?;
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        format!("unknown query parameter {key:?}; expected wait or timeout_ms"),
+                        Some(key),
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Reads a whole body, refusing more than `limit_bytes`.
+async fn read_body(body: Body, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit_bytes).await.map_err(|error| {
+        let over_limit =
+            std::error::Error::source(&error).is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if over_limit {
+            ApiError::TooLarge { limit_bytes }
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {error}"), None)
+        }
+    })
+}
+
+/// Parses a JSON object body into `T`, naming the field at fault. An empty
+/// body counts as `{}`. Unknown keys are found here, before serde, so the
+/// error can name them; `T` also denies them, as a second line.
+fn parse_json_body<T: DeserializeOwned>(bytes: &[u8], fields: &[&str]) -> Result<T, ApiError> {
+    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_slice(bytes)
+            .map_err(|error| ApiError::bad_request(format!("body is not valid JSON: {error}"), None))?
+    };
+    let Value::Object(object) = &value else {
+        return Err(ApiError::bad_request("body must be a JSON object", None));
+    };
+    if let Some(unknown) = object.keys().find(|key| !fields.contains(&key.as_str())) {
+        let expected = if fields.is_empty() { "no fields".to_owned() } else { fields.join(", ") };
+        return Err(ApiError::bad_request(format!("unknown field {unknown:?}; expected {expected}"), Some(unknown)));
+    }
+    serde_json::from_value(value).map_err(|error| {
+        // Every key is known by now, so serde complains about a missing field
+        // (named in its message) or the type of a present one. The bodies
+        // have at most one field, which is then the one at fault.
+        let message = error.to_string();
+        let field = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+            .or_else(|| fields.first().map(|field| (*field).to_owned()));
+        ApiError::BadRequest { message: format!("{}: {message}", field.as_deref().unwrap_or("body")), field }
+    })
+}
+
+/// The report field a decode error is about, as the error message names it.
+fn decode_error_field(error: &DecodeError) -> String {
+    match error {
+        DecodeError::Truncated { field, .. }
+        | DecodeError::VarintOverflow { field, .. }
+        | DecodeError::Invalid { field, .. } => (*field).to_owned(),
+        DecodeError::BadMagic { .. } => "magic".to_owned(),
+        DecodeError::UnsupportedFormat { .. } => "format version".to_owned(),
+        DecodeError::LayoutMismatch { .. } => "histogram layout".to_owned(),
+        DecodeError::ProxyIdNotUtf8 => "proxy id".to_owned(),
+        DecodeError::CountMismatch { version, what_sum, .. } => format!("{version}.{what_sum}"),
+        DecodeError::TrailingBytes { .. } => "end of message".to_owned(),
+    }
+}
+
+/// Compares the bearer token in constant time, so response timing does not
+/// reveal how much of a guess was right.
+fn bearer_token_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return false };
+    let value = value.as_bytes();
+    const SCHEME: &[u8] = b"bearer ";
+    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+        return false;
+    }
+    constant_time_eq(&value[SCHEME.len()..], expected.as_bytes())
+}
+
+/// Equality whose running time depends only on the lengths.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    let difference = left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    std::hint::black_box(difference) == 0
+}
+
+#[cfg(test)]
+#[path = "api_tests.rs"]
+mod tests;

@@ -1,0 +1,580 @@
+//! In-process API tests: requests go straight into `app(state)` with
+//! `tower::ServiceExt::oneshot`; only the state directory is real.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use canary_protocol::{Report, ReportHeader, StatusClass, SyncResponse, VersionStats};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+use super::*;
+use crate::config::Config;
+
+const TOKEN: &str = "test-token";
+const PROXY_ID: &str = "envoy-test";
+
+struct Harness {
+    // Kept for its Drop: the state directory lives as long as the harness.
+    dir: TempDir,
+    state: AppState,
+    app: Router,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(|_| {})
+    }
+
+    fn with(adjust: impl FnOnce(&mut Config)) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Harness::open(dir, adjust)
+    }
+
+    /// Opens an analyzer on an existing state directory, as a restart does.
+    fn open(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> Harness {
+        let mut config = Config::with_state_dir(dir.path().join("state"));
+        config.filter_token = Some(TOKEN.to_owned());
+        adjust(&mut config);
+        let state = AppState::open(config).expect("state opens");
+        let app = app(state.clone());
+        Harness { dir, state, app }
+    }
+
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Vec<u8>) {
+        let response = self.app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, body.to_vec())
+    }
+
+    async fn json(&self, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request");
+        let (status, bytes) = self.send(request).await;
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    async fn rollout(&self) -> Value {
+        let (status, value) = self.json("GET", "/v1/rollout", "").await;
+        assert_eq!(status, StatusCode::OK);
+        value
+    }
+
+    /// Syncs as a filter would and decodes the acknowledgement.
+    async fn sync(&self, bytes: Vec<u8>) -> SyncResponse {
+        let (status, body) = self.send(sync_request(bytes, Some(&format!("Bearer {TOKEN}")))).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        SyncResponse::decode(&body).expect("a valid sync response")
+    }
+
+    async fn metrics(&self) -> String {
+        let request = Request::builder().uri("/metrics").body(Body::empty()).expect("request");
+        let (status, body) = self.send(request).await;
+        assert_eq!(status, StatusCode::OK);
+        String::from_utf8(body).expect("utf-8")
+    }
+}
+
+fn sync_request(bytes: Vec<u8>, authorization: Option<&str>) -> Request<Body> {
+    let mut builder = Request::builder()
+        .method("POST")
+        .uri("/v1/filter/sync")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(value) = authorization {
+        builder = builder.header(header::AUTHORIZATION, value);
+    }
+    builder.body(Body::from(bytes)).expect("request")
+}
+
+/// A worker's report: `stable_ok` fast successes on stable, one slow 5xx on
+/// canary if `canary_error`.
+fn report(
+    worker_id: u64,
+    seq: u64,
+    weights_version: u64,
+    max_hold_ms: u32,
+    stable_ok: u64,
+    canary_error: bool,
+) -> Vec<u8> {
+    let mut stable = VersionStats::default();
+    for _ in 0..stable_ok {
+        stable.record(StatusClass::Success, 200);
+    }
+    let mut canary = VersionStats::default();
+    if canary_error {
+        canary.record(StatusClass::ServerError, 40_000);
+    }
+    let report = Report {
+        header: ReportHeader { proxy_id: PROXY_ID.into(), worker_id, seq, weights_version, max_hold_ms },
+        versions: [stable.to_delta(), canary.to_delta()],
+    };
+    let mut bytes = Vec::new();
+    report.encode(&mut bytes);
+    bytes
+}
+
+fn total_requests<'a>(rollout: &'a Value, version: &str) -> &'a Value {
+    &rollout["versions"][version]["total"]["requests"]
+}
+
+#[tokio::test]
+async fn sync_ingests_counts_and_acks_with_the_weights_to_apply() {
+    let harness = Harness::new();
+    // A new filter has applied version 0; the analyzer starts at version 1,
+    // so the answer is immediate even with a long hold.
+    let started = Instant::now();
+    let ack = harness.sync(report(0xdead_beef, 1, 0, 10_000, 3, true)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "not held: the versions differ");
+    assert_eq!(ack.acked_seq, 1);
+    assert_eq!(ack.weights.weights_version, 1);
+    assert_eq!(ack.weights.canary_weight.bp(), 0);
+
+    let request = sync_request(report(0xdead_beef, 2, 1, 0, 0, false), Some(&format!("bearer {TOKEN}")));
+    let response = harness.app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK, "the scheme is case-insensitive");
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/octet-stream");
+
+    let rollout = harness.rollout().await;
+    assert_eq!(*total_requests(&rollout, "stable"), 3);
+    assert_eq!(rollout["versions"]["canary"]["total"]["errors"], 1);
+    assert_eq!(rollout["versions"]["canary"]["window"]["status"]["5xx"], 1);
+    let worker = &rollout["data_plane"]["workers"][0];
+    assert_eq!(worker["worker_id"], "00000000deadbeef");
+    assert_eq!(worker["proxy_id"], PROXY_ID);
+    assert_eq!(worker["last_seq"], 2);
+    assert_eq!(worker["applied_weights_version"], 1);
+    assert_eq!(worker["live"], true);
+    assert_eq!(rollout["data_plane"]["converged"], true);
+}
+
+#[tokio::test]
+async fn a_re_sent_report_is_acked_but_not_counted_twice() {
+    let harness = Harness::new();
+    let bytes = report(7, 1, 1, 0, 5, false);
+    assert_eq!(harness.sync(bytes.clone()).await.acked_seq, 1);
+    assert_eq!(harness.sync(bytes).await.acked_seq, 1, "the re-send is acknowledged so the filter can drop it");
+    let rollout = harness.rollout().await;
+    assert_eq!(*total_requests(&rollout, "stable"), 5);
+    assert_eq!(rollout["versions"]["stable"]["window"]["requests"], 5);
+    let metrics = harness.metrics().await;
+    assert!(metrics.contains("canary_reports_received_total 2"), "{metrics}");
+    assert!(metrics.contains("canary_reports_duplicate_total 1"), "{metrics}");
+    assert!(metrics.contains("canary_requests_total{version=\"stable\"} 5"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_workers_with_re_sends_lose_and_double_count_nothing() {
+    let harness = Harness::new();
+    let workers: Vec<_> = (0..8u64)
+        .map(|worker_id| {
+            let app = harness.app.clone();
+            tokio::spawn(async move {
+                for seq in 1..=25u64 {
+                    let bytes = report(worker_id, seq, 1, 0, worker_id + 1, seq.is_multiple_of(5));
+                    // Every third report is sent twice, as after a lost ack.
+                    let sends = if seq.is_multiple_of(3) { 2 } else { 1 };
+                    for _ in 0..sends {
+                        let request = sync_request(bytes.clone(), Some(&format!("Bearer {TOKEN}")));
+                        let response = app.clone().oneshot(request).await.expect("infallible");
+                        assert_eq!(response.status(), StatusCode::OK);
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("worker task");
+    }
+    let rollout = harness.rollout().await;
+    // Worker w sends w + 1 stable requests per report, 25 reports each.
+    let expected_stable: u64 = (0..8u64).map(|worker_id| (worker_id + 1) * 25).sum();
+    assert_eq!(*total_requests(&rollout, "stable"), expected_stable);
+    assert_eq!(*total_requests(&rollout, "canary"), 8 * 5);
+    assert_eq!(rollout["data_plane"]["live_workers"], 8);
+    let metrics = harness.metrics().await;
+    assert!(metrics.contains(&format!("canary_reports_duplicate_total {}", 8 * 8)), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_401_and_changes_nothing() {
+    let harness = Harness::new();
+    for authorization in
+        [None, Some("Bearer wrong-token"), Some("Bearer test-toke"), Some("Basic dGVzdC10b2tlbg=="), Some(TOKEN)]
+    {
+        let (status, body) = harness.send(sync_request(report(1, 1, 1, 0, 4, false), authorization)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{authorization:?}");
+        let error: Value = serde_json::from_slice(&body).expect("json error");
+        assert!(error["error"].as_str().is_some_and(|message| message.contains("token")), "{error}");
+    }
+    let rollout = harness.rollout().await;
+    assert_eq!(*total_requests(&rollout, "stable"), 0);
+    assert_eq!(rollout["data_plane"]["workers"], json!([]));
+    assert!(harness.metrics().await.contains("canary_reports_rejected_total{reason=\"unauthorized\"} 5"));
+}
+
+#[tokio::test]
+async fn without_a_configured_token_any_filter_may_sync() {
+    let harness = Harness::with(|config| config.filter_token = None);
+    let (status, body) = harness.send(sync_request(report(1, 1, 1, 0, 1, false), None)).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn a_corrupt_report_is_400_naming_the_problem_and_changes_nothing() {
+    let harness = Harness::new();
+    let valid = report(1, 1, 1, 0, 2, true);
+    let mut wrong_magic = valid.clone();
+    wrong_magic[0] = b'X';
+    let mut trailing = valid.clone();
+    trailing.push(0);
+    let mut seq_zero = Vec::new();
+    Report::decode(&valid)
+        .map(|mut decoded| {
+            decoded.header.seq = 0;
+            decoded.encode(&mut seq_zero);
+        })
+        .expect("valid report decodes");
+    // (body, words the message must contain, field)
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (Vec::new(), "truncated while reading magic", "magic"),
+        (wrong_magic, "magic", "magic"),
+        (
+            valid[..valid.len() - 1].to_vec(),
+            "truncated while reading canary.bucket count value",
+            "canary.bucket count value",
+        ),
+        (trailing, "unexpected bytes", "end of message"),
+        (seq_zero, "seq is 0", "seq"),
+    ];
+    for (bytes, words, field) in cases {
+        let (status, body) = harness.send(sync_request(bytes, Some(&format!("Bearer {TOKEN}")))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{words}");
+        let error: Value = serde_json::from_slice(&body).expect("json error");
+        assert!(error["error"].as_str().is_some_and(|message| message.contains(words)), "{error} lacks {words:?}");
+        assert_eq!(error["field"], field);
+    }
+    let rollout = harness.rollout().await;
+    assert_eq!(*total_requests(&rollout, "stable"), 0);
+    assert_eq!(rollout["data_plane"]["workers"], json!([]), "a rejected report does not register a worker");
+    assert!(harness.metrics().await.contains("canary_reports_rejected_total{reason=\"malformed\"} 5"));
+}
+
+#[tokio::test]
+async fn an_oversized_report_is_413() {
+    let harness = Harness::new();
+    let (status, body) =
+        harness.send(sync_request(vec![0; MAX_REPORT_BYTES + 1], Some(&format!("Bearer {TOKEN}")))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let error: Value = serde_json::from_slice(&body).expect("json error");
+    assert!(error["error"].as_str().is_some_and(|message| message.contains("larger than")), "{error}");
+}
+
+#[tokio::test]
+async fn put_weight_accepts_two_decimals_and_rejects_bad_bodies_naming_the_field() {
+    let harness = Harness::new();
+    let (status, body) = harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 12.34}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"weights_version": 2, "canary_weight_percent": 12.34, "canary_weight_bp": 1234, "changed": true})
+    );
+
+    let (status, body) = harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 12.34}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changed"], false, "the same weight is not a new version");
+    assert_eq!(body["weights_version"], 2);
+
+    // (body, field named in the error; Null when the body as a whole is wrong)
+    let bad_bodies: &[(&str, Value)] = &[
+        (r#"{"canary_percent": 12.345}"#, json!("canary_percent")),
+        (r#"{"canary_percent": -1}"#, json!("canary_percent")),
+        (r#"{"canary_percent": 101}"#, json!("canary_percent")),
+        (r#"{"canary_percent": "x"}"#, json!("canary_percent")),
+        (r#"{"canary_percent": null}"#, json!("canary_percent")),
+        (r#"{"canary_percent": 5, "canary_pct": 5}"#, json!("canary_pct")),
+        (r#"{}"#, json!("canary_percent")),
+        ("", json!("canary_percent")),
+        ("canary_percent=5", Value::Null),
+        ("[5]", Value::Null),
+        (r#"{"canary_percent": 5"#, Value::Null),
+    ];
+    for (body, field) in bad_bodies {
+        let (status, error) = harness.json("PUT", "/v1/rollout/weight", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error["field"], *field, "{body}: {error}");
+        assert!(error["error"].as_str().is_some_and(|message| !message.is_empty()), "{body}: {error}");
+    }
+    let (status, error) = harness.json("PUT", "/v1/rollout/weight?timeout_ms=0", r#"{"canary_percent": 50}"#).await;
+    assert_eq!((status, &error["field"]), (StatusCode::BAD_REQUEST, &json!("timeout_ms")));
+
+    let rollout = harness.rollout().await;
+    assert_eq!(rollout["canary_weight_bp"], 1234, "bad input changed nothing");
+    assert_eq!(rollout["canary_weight_percent"], 12.34);
+    assert_eq!(rollout["weights_version"], 2);
+}
+
+#[tokio::test]
+async fn a_held_sync_answers_as_soon_as_the_weights_change() {
+    let harness = Harness::new();
+    harness.sync(report(1, 1, 1, 0, 0, false)).await;
+
+    // Up to date and no change: held for max_hold_ms, then the same weights.
+    let started = Instant::now();
+    let ack = harness.sync(report(1, 2, 1, 100, 0, false)).await;
+    assert!(started.elapsed() >= Duration::from_millis(100), "held for max_hold_ms");
+    assert_eq!(ack.weights.weights_version, 1);
+
+    let held = {
+        let app = harness.app.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let request = sync_request(report(1, 3, 1, 20_000, 0, false), Some(&format!("Bearer {TOKEN}")));
+            let response = app.oneshot(request).await.expect("infallible");
+            let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+            (started.elapsed(), SyncResponse::decode(&body).expect("sync response"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 5}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let (held_for, ack) = held.await.expect("joins");
+    assert_eq!(ack.acked_seq, 3);
+    assert_eq!(ack.weights.weights_version, 2);
+    assert_eq!(ack.weights.canary_weight.bp(), 500);
+    assert!(held_for < Duration::from_secs(10), "released by the change, not the 20 s hold: {held_for:?}");
+}
+
+#[tokio::test]
+async fn rollback_with_wait_is_confirmed_when_the_worker_applies_it() {
+    let harness = Harness::new();
+    let (status, _) = harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 10}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    harness.sync(report(9, 1, 2, 0, 1, false)).await;
+
+    let rollback = {
+        let app = harness.app.clone();
+        tokio::spawn(async move {
+            let request = Request::builder()
+                .method("POST")
+                .uri("/v1/rollout/rollback?wait=true&timeout_ms=10000")
+                .body(Body::empty())
+                .expect("request");
+            let response = app.oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+            (status, serde_json::from_slice::<Value>(&body).expect("json"))
+        })
+    };
+    // The simulated worker's long-poll, still on version 2, receives the
+    // rollback; it applies it and confirms at once, as the filter does.
+    let ack = harness.sync(report(9, 2, 2, 10_000, 0, false)).await;
+    assert_eq!((ack.weights.weights_version, ack.weights.canary_weight.bp()), (3, 0));
+    let confirming = {
+        let app = harness.app.clone();
+        tokio::spawn(async move {
+            let request = sync_request(report(9, 3, 3, 100, 0, false), Some(&format!("Bearer {TOKEN}")));
+            app.oneshot(request).await.expect("infallible").status()
+        })
+    };
+    let (status, body) = rollback.await.expect("joins");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["weights_version"], 3);
+    assert_eq!(body["canary_weight_bp"], 0);
+    assert_eq!(body["canary_weight_percent"], 0.0);
+    assert_eq!(body["changed"], true);
+    let wait = &body["wait"];
+    assert_eq!(wait["confirmed"], true);
+    assert_eq!(wait["workers_total"], 1);
+    assert_eq!(wait["workers_confirmed"], 1);
+    assert_eq!(wait["unconfirmed"], json!([]));
+    let propagation_ms = wait["propagation_ms"].as_f64().expect("a number");
+    assert!(propagation_ms > 0.0 && propagation_ms < 10_000.0, "{propagation_ms}");
+    assert_eq!(confirming.await.expect("joins"), StatusCode::OK);
+    assert_eq!(harness.rollout().await["data_plane"]["converged_workers"], 1);
+}
+
+#[tokio::test]
+async fn rollback_wait_times_out_with_504_listing_unconfirmed_workers() {
+    let harness = Harness::new();
+    harness.sync(report(0xabc, 1, 1, 0, 1, false)).await;
+    harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 50}"#).await;
+
+    let started = Instant::now();
+    let (status, body) = harness.json("POST", "/v1/rollout/rollback?wait=true&timeout_ms=150", "{}").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(body["wait"]["confirmed"], false);
+    assert_eq!(body["wait"]["workers_total"], 1);
+    assert_eq!(body["wait"]["unconfirmed"], json!([{"proxy_id": PROXY_ID, "worker_id": "0000000000000abc"}]));
+    assert!(body["error"].as_str().is_some_and(|message| message.contains("did not confirm")), "{body}");
+    // The rollback itself stays applied.
+    let rollout = harness.rollout().await;
+    assert_eq!(rollout["canary_weight_bp"], 0);
+    assert_eq!(rollout["weights_version"], 3);
+    assert_eq!(rollout["data_plane"]["converged"], false);
+}
+
+#[tokio::test]
+async fn a_worker_that_goes_stale_stops_holding_a_rollback_wait() {
+    let harness = Harness::with(|config| config.worker_stale_after_ms = 200);
+    harness.sync(report(1, 1, 1, 0, 1, false)).await;
+    harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 1}"#).await;
+    let (status, body) = harness.json("POST", "/v1/rollout/rollback?wait=true&timeout_ms=5000", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["wait"]["workers_total"], 0);
+    let propagation_ms = body["wait"]["propagation_ms"].as_f64().expect("a number");
+    assert!(propagation_ms < 4_000.0, "woken when the worker went stale, not at the timeout: {propagation_ms}");
+}
+
+#[tokio::test]
+async fn rollback_without_wait_and_its_bad_inputs() {
+    let harness = Harness::new();
+    harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 20}"#).await;
+    for (uri, body, field) in [
+        ("/v1/rollout/rollback", r#"{"force": true}"#, "force"),
+        ("/v1/rollout/rollback?wait=maybe", "", "wait"),
+        ("/v1/rollout/rollback?timeout_ms=abc", "", "timeout_ms"),
+        ("/v1/rollout/rollback?dry_run=1", "", "dry_run"),
+    ] {
+        let (status, error) = harness.json("POST", uri, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri} {body}");
+        assert_eq!(error["field"], field, "{uri} {body}: {error}");
+    }
+    assert_eq!(harness.rollout().await["canary_weight_bp"], 2000, "refused rollbacks changed nothing");
+
+    let (status, body) = harness.json("POST", "/v1/rollout/rollback", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"weights_version": 3, "canary_weight_percent": 0.0, "canary_weight_bp": 0, "changed": true})
+    );
+    let (_, body) = harness.json("POST", "/v1/rollout/rollback", "{}").await;
+    assert_eq!((&body["changed"], &body["weights_version"]), (&json!(false), &json!(3)), "already rolled back");
+}
+
+#[tokio::test]
+async fn a_restart_keeps_weights_totals_and_the_dedupe_table() {
+    let first = Harness::new();
+    first.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 25}"#).await;
+    first.sync(report(5, 1, 2, 0, 4, true)).await;
+    let resent = report(5, 2, 2, 0, 6, false);
+    first.sync(resent.clone()).await;
+    let before = first.rollout().await;
+    // No shutdown: what was acknowledged must already be on disk, as after
+    // `kill -9`.
+    let Harness { dir, state: _first_state, app: _ } = first;
+
+    let second = Harness::open(dir, |_| {});
+    let after = second.rollout().await;
+    for pointer in [
+        "/weights_version",
+        "/canary_weight_bp",
+        "/weights_changed_at_unix_ms",
+        "/versions/stable/total",
+        "/versions/canary/total",
+        "/versions/canary/since_weights_change",
+    ] {
+        assert_eq!(after.pointer(pointer), before.pointer(pointer), "{pointer}");
+    }
+    assert_eq!(after["weights_version"], 2);
+    assert_eq!(*total_requests(&after, "stable"), 10);
+    assert_eq!(after["versions"]["stable"]["window"]["requests"], 0, "the window is not persisted");
+    // The filter never got the ack for seq 2 and re-sends it to the new
+    // process: it must not be counted again.
+    let ack = second.sync(resent).await;
+    assert_eq!(ack.acked_seq, 2);
+    assert_eq!((ack.weights.weights_version, ack.weights.canary_weight.bp()), (2, 2500));
+    assert_eq!(*total_requests(&second.rollout().await, "stable"), 10);
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_stops_startup_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state_dir = dir.path().join("state");
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    std::fs::write(state_dir.join(crate::store::STATE_FILE_NAME), b"{not json").expect("write");
+    let error = AppState::open(Config::with_state_dir(&state_dir)).expect_err("refuses to start");
+    assert!(error.to_string().contains("state.json"), "{error}");
+}
+
+#[tokio::test]
+async fn shutdown_flushes_and_releases_held_syncs() {
+    let harness = Harness::new();
+    harness.sync(report(1, 1, 1, 0, 1, false)).await;
+    let held = {
+        let app = harness.app.clone();
+        tokio::spawn(async move {
+            let request = sync_request(report(1, 2, 1, 30_000, 2, false), Some(&format!("Bearer {TOKEN}")));
+            app.oneshot(request).await.expect("infallible").status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(Duration::from_secs(5), harness.state.shutdown()).await.expect("shutdown is prompt");
+    let status = tokio::time::timeout(Duration::from_secs(5), held).await.expect("released").expect("joins");
+    assert_eq!(status, StatusCode::OK);
+    let saved = std::fs::read_to_string(harness.dir.path().join("state").join(crate::store::STATE_FILE_NAME))
+        .expect("state file");
+    let saved: Value = serde_json::from_str(&saved).expect("json");
+    assert_eq!(saved["totals"]["stable"]["requests"], 3);
+}
+
+#[tokio::test]
+async fn metrics_health_and_unknown_routes() {
+    let harness = Harness::new();
+    harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 12.5}"#).await;
+    harness.sync(report(1, 1, 2, 0, 2, true)).await;
+    let metrics = harness.metrics().await;
+    for line in [
+        "canary_weight_ratio 0.125",
+        "canary_weights_version 2",
+        "canary_live_workers 1",
+        "canary_converged_workers 1",
+        "canary_request_errors_total{version=\"canary\"} 1",
+        "canary_request_duration_seconds_bucket{version=\"canary\",le=\"0.05\"} 1",
+    ] {
+        assert!(metrics.lines().any(|got| got == line), "missing {line:?} in\n{metrics}");
+    }
+    let (status, body) = harness.json("GET", "/healthz", "").await;
+    assert_eq!((status, body), (StatusCode::OK, json!("ok")));
+    let (status, body) = harness.json("GET", "/v1/nope", "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["field"], Value::Null);
+    assert!(body["error"].as_str().is_some_and(|message| message.contains("/v1/nope")));
+}
+
+#[test]
+fn wait_query_table() {
+    let check = |query: Option<&str>, expected: Result<(bool, u64), &str>| {
+        let got = WaitQuery::parse(query, 2_000)
+            .map(|q| (q.wait, q.timeout_ms))
+            .map_err(|error| error.field().unwrap_or("").to_owned());
+        assert_eq!(got, expected.map_err(str::to_owned), "{query:?}");
+    };
+    check(None, Ok((false, 2_000)));
+    check(Some(""), Ok((false, 2_000)));
+    check(Some("wait=true"), Ok((true, 2_000)));
+    check(Some("wait"), Ok((true, 2_000)));
+    check(Some("wait=false&timeout_ms=50"), Ok((false, 50)));
+    check(Some("wait=1&timeout_ms=600000"), Ok((true, 600_000)));
+    check(Some("wait=yes"), Err("wait"));
+    check(Some("timeout_ms=-1"), Err("timeout_ms"));
+    check(Some("timeout_ms=600001"), Err("timeout_ms"));
+    check(Some("timeout=5"), Err("timeout"));
+}
+
+#[test]
+fn token_comparison_table() {
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+    assert!(constant_time_eq(b"", b""));
+}

@@ -1,0 +1,393 @@
+//! The analyzer's shared state: the aggregate behind a lock, the published
+//! weights, the notification channels, and the persister task.
+//!
+//! Invariants:
+//! - The published weights (what sync responses carry) are always weights
+//!   that are on disk: only the persister publishes, right after a write. A
+//!   weight change is therefore durable before any filter can apply it.
+//! - A sync is acknowledged only once its ingest is durable, so a `kill -9`
+//!   never loses acknowledged counts and never double counts a re-send.
+//! - The lock around the aggregate is a `std` mutex held for microseconds
+//!   and never across an `.await`.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use canary_protocol::{CanaryWeight, Report};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::aggregate::{
+    Aggregate, AggregateSettings, Convergence, IngestOutcome, RolloutView, WeightsRecord, WorkerKey,
+};
+use crate::config::Config;
+use crate::metrics::{self, MetricsSnapshot, RejectReason, ReportCounters};
+use crate::store::{Durability, NotDurable, StateFile, Store, StoreError};
+
+/// Longest wait for the state to reach disk before a request gives up with
+/// 503. A filter then re-sends the same report, which is deduplicated.
+pub const DURABILITY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts when the state file cannot be written.
+const PERSIST_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+/// Write attempts on shutdown before giving up on a failing disk.
+const SHUTDOWN_WRITE_ATTEMPTS: u32 = 3;
+
+/// Handle to the analyzer's state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+/// The result of a weight change request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightChange {
+    /// The weights now published to filters.
+    pub weights: WeightsRecord,
+    /// False when the requested weight was already in force.
+    pub changed: bool,
+}
+
+/// How a wait for convergence ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitOutcome {
+    pub confirmed: bool,
+    /// From receipt of the request to the last confirmation; `None` when not
+    /// confirmed.
+    pub propagation_ms: Option<f64>,
+    pub workers_total: usize,
+    pub workers_confirmed: usize,
+    pub unconfirmed: Vec<WorkerKey>,
+}
+
+impl AppState {
+    /// Loads the state directory named in `config` and starts the persister.
+    /// Must be called within a Tokio runtime. A corrupt state file is an
+    /// error; a missing one means fresh state.
+    pub fn open(config: Config) -> Result<AppState, StoreError> {
+        let store = Store::open(&config.state_dir)?;
+        let settings = AggregateSettings {
+            window_seconds: config.window_seconds,
+            worker_stale_after_ms: config.worker_stale_after_ms,
+        };
+        let now_unix_ms = unix_now_ms();
+        let (aggregate, fresh) = match store.load()? {
+            Some(parts) => (Aggregate::restore(settings, now_unix_ms, parts), false),
+            None => (Aggregate::new(settings, now_unix_ms), true),
+        };
+        let weights = aggregate.weights();
+        tracing::info!(
+            path = %store.path().display(),
+            fresh,
+            weights_version = weights.weights.weights_version,
+            canary_weight = %weights.weights.canary_weight,
+            "state loaded"
+        );
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            core: Mutex::new(Core { aggregate, generation: 0 }),
+            published: ArcSwap::from_pointee(weights),
+            weights_version_tx: watch::Sender::new(weights.weights.weights_version),
+            applied_tx: watch::Sender::new(0),
+            durability: Durability::new(0),
+            shutdown_tx: watch::Sender::new(false),
+            weight_change: tokio::sync::Mutex::new(()),
+            reports: ReportCounters::default(),
+            persister: Mutex::new(None),
+        });
+        if fresh {
+            // Write the initial state at once, so that a restart finds the
+            // same weights version the filters were told.
+            let generation = inner.bump_generation();
+            inner.durability.request(generation);
+        }
+        let persister = tokio::spawn(persist_loop(inner.clone()));
+        *inner.persister.lock().unwrap_or_else(PoisonError::into_inner) = Some(persister);
+        Ok(AppState { inner })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The weights filters are being told; lock-free.
+    pub fn weights(&self) -> WeightsRecord {
+        **self.inner.published.load()
+    }
+
+    pub fn report_counters(&self) -> &ReportCounters {
+        &self.inner.reports
+    }
+
+    pub fn count_rejected(&self, reason: RejectReason) {
+        self.inner.reports.count_rejected(reason);
+    }
+
+    /// Folds a validated report in and asks for it to be persisted. Returns
+    /// the generation to wait for before acknowledging it.
+    pub fn ingest(&self, report: &Report) -> (IngestOutcome, u64) {
+        let now_unix_ms = unix_now_ms();
+        let (outcome, generation) = {
+            let mut core = self.inner.lock_core();
+            let outcome = core.aggregate.ingest(report, now_unix_ms);
+            core.generation += 1;
+            (outcome, core.generation)
+        };
+        self.inner.reports.count_received(outcome.duplicate);
+        if outcome.applied_version_changed {
+            self.inner.applied_tx.send_modify(|changes| *changes = changes.wrapping_add(1));
+        }
+        self.inner.durability.request(generation);
+        (outcome, generation)
+    }
+
+    /// Waits until `generation` is on disk (group commit).
+    pub async fn wait_durable(&self, generation: u64) -> Result<(), NotDurable> {
+        self.inner.durability.wait(generation, DURABILITY_TIMEOUT).await
+    }
+
+    /// The long-poll hold: returns at once if the published weights version
+    /// differs from `applied_version`, else when it changes, after
+    /// `max_hold`, or on shutdown, whichever is first.
+    pub async fn hold_while_version(&self, applied_version: u64, max_hold: Duration) -> WeightsRecord {
+        // Subscribing before looking at the value means a change between the
+        // two cannot be missed.
+        let mut version_rx = self.inner.weights_version_tx.subscribe();
+        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(max_hold, version_rx.wait_for(|version| *version != applied_version)) => {}
+            _ = shutdown_rx.wait_for(|stopping| *stopping) => {}
+        }
+        self.weights()
+    }
+
+    /// Sets the canary weight, waits until it is durable and published, and
+    /// returns the weights in force. Changes are serialised so that versions
+    /// are handed out in order.
+    pub async fn set_canary_weight(&self, canary_weight: CanaryWeight) -> Result<WeightChange, NotDurable> {
+        let _one_change_at_a_time = self.inner.weight_change.lock().await;
+        let now_unix_ms = unix_now_ms();
+        let (weights, changed, generation) = {
+            let mut core = self.inner.lock_core();
+            match core.aggregate.change_weight(canary_weight, now_unix_ms) {
+                Some(weights) => {
+                    core.generation += 1;
+                    (weights, true, core.generation)
+                }
+                // Nothing new, but an earlier change may still be on its way
+                // to disk; wait for it so the answer is what filters get.
+                None => (core.aggregate.weights(), false, core.generation),
+            }
+        };
+        if changed {
+            tracing::info!(
+                weights_version = weights.weights.weights_version,
+                canary_weight = %canary_weight,
+                "weights changed"
+            );
+        }
+        self.inner.durability.request(generation);
+        self.wait_durable(generation).await?;
+        Ok(WeightChange { weights, changed })
+    }
+
+    /// Waits until every live worker has applied `target_version` (or a later
+    /// one), or until `timeout` after `received_at`. Woken by workers'
+    /// applied-version changes and by workers going stale, not by polling.
+    pub async fn wait_converged(&self, target_version: u64, received_at: Instant, timeout: Duration) -> WaitOutcome {
+        let deadline = received_at + timeout;
+        let mut applied_rx = self.inner.applied_tx.subscribe();
+        let mut shutdown_rx = self.inner.shutdown_tx.subscribe();
+        loop {
+            applied_rx.borrow_and_update();
+            let now_unix_ms = unix_now_ms();
+            let convergence = self.inner.lock_core().aggregate.convergence(target_version, now_unix_ms);
+            if convergence.is_confirmed() {
+                let propagation_ms = received_at.elapsed().as_secs_f64() * 1_000.0;
+                return WaitOutcome::new(convergence, Some(propagation_ms));
+            }
+            let now = Instant::now();
+            if now >= deadline || *shutdown_rx.borrow() {
+                return WaitOutcome::new(convergence, None);
+            }
+            // An unconfirmed worker that goes stale stops holding the wait.
+            let wake_at = convergence
+                .next_stale_at_unix_ms
+                .map(|stale_at| now + Duration::from_millis(stale_at.saturating_sub(now_unix_ms)))
+                .map_or(deadline, |stale_at| stale_at.min(deadline));
+            tokio::select! {
+                _ = applied_rx.changed() => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = shutdown_rx.wait_for(|stopping| *stopping) => {}
+            }
+        }
+    }
+
+    /// The `GET /v1/rollout` document.
+    pub fn rollout_view(&self) -> RolloutView {
+        let published = self.weights();
+        self.inner.lock_core().aggregate.rollout_view(&published, unix_now_ms())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render_metrics(&self) -> String {
+        let published = self.weights();
+        let reports = self.inner.reports.snapshot();
+        let snapshot = MetricsSnapshot::capture(&self.inner.lock_core().aggregate, published, reports, unix_now_ms());
+        metrics::render(&snapshot)
+    }
+
+    /// Releases held long-polls and convergence waits so that the server can
+    /// drain; the persister keeps running until [`AppState::shutdown`].
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown_tx.send_replace(true);
+    }
+
+    /// Stops the persister after it has written everything requested so far.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        let persister = self.inner.persister.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(persister) = persister
+            && let Err(error) = persister.await
+        {
+            tracing::error!(%error, "state persister failed");
+        }
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.inner.config)
+            .field("weights", &self.weights())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WaitOutcome {
+    fn new(convergence: Convergence, propagation_ms: Option<f64>) -> WaitOutcome {
+        WaitOutcome {
+            confirmed: convergence.is_confirmed(),
+            propagation_ms,
+            workers_total: convergence.workers_total,
+            workers_confirmed: convergence.workers_confirmed,
+            unconfirmed: convergence.unconfirmed,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch; 0 if the clock is before it.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    core: Mutex<Core>,
+    /// Weights that are on disk and sent to filters.
+    published: ArcSwap<WeightsRecord>,
+    /// The published weights version, for long-polls to wait on.
+    weights_version_tx: watch::Sender<u64>,
+    /// Bumped whenever a worker's applied weights version changes, to wake
+    /// convergence waiters.
+    applied_tx: watch::Sender<u64>,
+    durability: Durability,
+    shutdown_tx: watch::Sender<bool>,
+    weight_change: tokio::sync::Mutex<()>,
+    reports: ReportCounters,
+    persister: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Core {
+    aggregate: Aggregate,
+    /// Incremented by every change that must reach disk.
+    generation: u64,
+}
+
+impl Inner {
+    fn lock_core(&self) -> MutexGuard<'_, Core> {
+        // Nothing that runs under the lock can leave the aggregate half
+        // updated in a way that matters more than stopping would.
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump_generation(&self) -> u64 {
+        let mut core = self.lock_core();
+        core.generation += 1;
+        core.generation
+    }
+
+    /// Writes the newest state, publishes its weights, and marks its
+    /// generation durable.
+    async fn persist_once(&self) -> Result<(), String> {
+        let (generation, file, weights) = {
+            let core = self.lock_core();
+            (core.generation, StateFile::capture(&core.aggregate), core.aggregate.weights())
+        };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.save(&file)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(error) => return Err(format!("state writer task failed: {error}")),
+        }
+        self.publish(weights);
+        self.durability.mark_durable(generation);
+        Ok(())
+    }
+
+    fn publish(&self, weights: WeightsRecord) {
+        if **self.published.load() == weights {
+            return;
+        }
+        self.published.store(Arc::new(weights));
+        self.weights_version_tx.send_replace(weights.weights.weights_version);
+        tracing::info!(
+            weights_version = weights.weights.weights_version,
+            canary_weight = %weights.weights.canary_weight,
+            "weights published to filters"
+        );
+    }
+}
+
+/// The one writer of the state file: whenever the requested generation is
+/// ahead of the durable one, write the newest snapshot. Exits on shutdown
+/// once everything requested is on disk.
+async fn persist_loop(inner: Arc<Inner>) {
+    let mut requested_rx = inner.durability.requested();
+    let mut shutdown_rx = inner.shutdown_tx.subscribe();
+    // Catch up before the first wait: requests made before this task first
+    // ran are already marked as seen in `requested_rx`.
+    let mut stopping = false;
+    loop {
+        let mut failures = 0u32;
+        loop {
+            let requested = *requested_rx.borrow_and_update();
+            if inner.durability.durable_generation() >= requested {
+                break;
+            }
+            if let Err(error) = inner.persist_once().await {
+                failures += 1;
+                tracing::error!(%error, failures, "cannot persist the analyzer state; retrying");
+                inner.durability.mark_failed(error);
+                if stopping && failures >= SHUTDOWN_WRITE_ATTEMPTS {
+                    tracing::error!("giving up on the state file at shutdown; unacknowledged changes are lost");
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(PERSIST_RETRY_BACKOFF) => {}
+                    _ = shutdown_rx.wait_for(|stopping| *stopping), if !stopping => stopping = true,
+                }
+            }
+        }
+        if stopping {
+            tracing::info!(path = %inner.store.path().display(), "state flushed");
+            return;
+        }
+        stopping = tokio::select! {
+            changed = requested_rx.changed() => changed.is_err(),
+            _ = shutdown_rx.wait_for(|stopping| *stopping) => true,
+        };
+    }
+}

@@ -27,7 +27,8 @@ pub struct SyncOutcome {
     /// The sync failed; the worker keeps its last weights (fail-static).
     pub failed: bool,
     /// Start the next sync now instead of waiting for a tick: set when new
-    /// weights must be confirmed to the analyzer at once.
+    /// weights must be confirmed to the analyzer at once, or when the
+    /// analyzer held the call for the whole report interval.
     pub resync_now: bool,
 }
 
@@ -194,7 +195,12 @@ impl Worker {
                 // report interval even if the analyzer answered early.
                 self.next_sync_ms =
                     if weights_changed.is_some() { now_ms } else { self.last_dispatch_ms + self.report_interval_ms };
-                SyncOutcome { weights_changed, recovered, failed: false, resync_now: weights_changed.is_some() }
+                // A hold that lasted the whole interval makes the next sync
+                // due at once: reopening it here, not at the next tick, keeps
+                // a call open nearly all the time, so a rollback never waits
+                // for a tick to reach this worker.
+                let resync_now = now_ms >= self.next_sync_ms;
+                SyncOutcome { weights_changed, recovered, failed: false, resync_now }
             }
             Err(_) => {
                 self.consecutive_failures += 1;

@@ -87,11 +87,18 @@ fn new_weights_apply_at_once_and_are_confirmed_immediately() {
     let confirmation = sent(&mut worker, 5);
     assert_eq!(confirmation.header.weights_version, 3, "the next report confirms the applied version");
 
-    // Unchanged weights: the next report waits for the interval.
+    // Unchanged weights answered early: the next report waits for the interval.
     let outcome = worker.finish_sync(300, ack(2, weights(3, 1_000)));
     assert_eq!(outcome.weights_changed, None);
+    assert!(!outcome.resync_now);
     assert!(!worker.sync_due(900));
     assert!(worker.sync_due(1_005));
+
+    // A hold that lasted the whole interval: the next sync opens at once, so
+    // there is no gap in which a rollback would wait for a tick.
+    let held = sent(&mut worker, 1_005);
+    let outcome = worker.finish_sync(2_006, ack(held.header.seq, weights(3, 1_000)));
+    assert!(outcome.resync_now && worker.sync_due(2_006));
 }
 
 #[test]

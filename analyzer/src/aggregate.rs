@@ -213,7 +213,10 @@ impl Aggregate {
             }
         };
         if !duplicate {
-            let current_weights = header.weights_version == self.weights.weights.weights_version;
+            // Attribute by the weights the counts were routed under, not the
+            // ones the worker has applied since: the first report after a
+            // change carries requests split under the old weights.
+            let current_weights = header.counts_weights_version == self.weights.weights.weights_version;
             for version in Version::ALL {
                 let delta = report.version(version);
                 if delta.requests == 0 {

@@ -14,7 +14,14 @@ fn report(proxy_id: &str, worker_id: u64, seq: u64, weights_version: u64, reques
         stats[version.index()].record(class, latency_us);
     }
     Report {
-        header: ReportHeader { proxy_id: proxy_id.to_owned(), worker_id, seq, weights_version, max_hold_ms: 1_000 },
+        header: ReportHeader {
+            proxy_id: proxy_id.to_owned(),
+            worker_id,
+            seq,
+            weights_version,
+            counts_weights_version: weights_version,
+            max_hold_ms: 1_000,
+        },
         versions: [stats[0].to_delta(), stats[1].to_delta()],
     }
 }
@@ -197,12 +204,19 @@ fn since_change_counts_only_traffic_under_the_current_weights() {
     // Routed under version 1 but arriving after the change: totals only.
     aggregate.ingest(&report("envoy", 1, 2, 1, &ok_stable(3)), T0_MS + 2);
     assert_eq!(aggregate.since_weights_change()[0].requests, 0);
-    aggregate.ingest(&report("envoy", 1, 3, 2, &ok_stable(4)), T0_MS + 3);
+    // The report that confirms version 2 still carries counts routed under
+    // version 1 (the filter labels them so): totals only, but converged.
+    let mut confirming = report("envoy", 1, 3, 2, &ok_stable(6));
+    confirming.header.counts_weights_version = 1;
+    aggregate.ingest(&confirming, T0_MS + 3);
+    assert_eq!(aggregate.since_weights_change()[0].requests, 0);
+    assert!(aggregate.convergence(2, T0_MS + 3).unconfirmed.is_empty());
+    aggregate.ingest(&report("envoy", 1, 4, 2, &ok_stable(4)), T0_MS + 4);
     assert_eq!(aggregate.since_weights_change()[0].requests, 4);
-    assert_eq!(aggregate.totals()[0].requests, 12);
+    assert_eq!(aggregate.totals()[0].requests, 18);
 
     // The same weight again is not a change.
-    assert_eq!(aggregate.change_weight(CanaryWeight::from_bp(1_000).expect("valid"), T0_MS + 4), None);
+    assert_eq!(aggregate.change_weight(CanaryWeight::from_bp(1_000).expect("valid"), T0_MS + 5), None);
     assert_eq!(aggregate.weights().weights.weights_version, 2);
     assert_eq!(aggregate.since_weights_change()[0].requests, 4);
 }

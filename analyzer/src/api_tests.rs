@@ -114,7 +114,14 @@ fn report(
         canary.record(StatusClass::ServerError, 40_000);
     }
     let report = Report {
-        header: ReportHeader { proxy_id: PROXY_ID.into(), worker_id, seq, weights_version, max_hold_ms },
+        header: ReportHeader {
+            proxy_id: PROXY_ID.into(),
+            worker_id,
+            seq,
+            weights_version,
+            counts_weights_version: weights_version,
+            max_hold_ms,
+        },
         versions: [stable.to_delta(), canary.to_delta()],
     };
     let mut bytes = Vec::new();

@@ -345,8 +345,14 @@ mod tests {
         ] {
             canary.record(class, latency_us);
         }
-        let header =
-            ReportHeader { proxy_id: "envoy".into(), worker_id: 1, seq: 1, weights_version: 2, max_hold_ms: 0 };
+        let header = ReportHeader {
+            proxy_id: "envoy".into(),
+            worker_id: 1,
+            seq: 1,
+            weights_version: 2,
+            counts_weights_version: 2,
+            max_hold_ms: 0,
+        };
         aggregate.ingest(&Report { header, versions: [VersionStats::default().to_delta(), canary.to_delta()] }, T0_MS);
         let counters = ReportCounters::default();
         counters.count_received(false);

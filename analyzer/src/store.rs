@@ -361,6 +361,7 @@ mod tests {
             worker_id: u64::MAX,
             seq,
             weights_version,
+            counts_weights_version: weights_version,
             max_hold_ms: 1_000,
         };
         let report = |seq, weights_version| Report {

@@ -340,12 +340,18 @@ fn is_upstream_response() -> bool {
     }
 }
 
+/// Envoy's node id. Envoy 1.40 exposes it as `xds.node.id`; the older
+/// `node.id` path answers nothing there but is kept for other hosts.
 fn node_id() -> String {
-    hostcalls::get_property(vec!["node", "id"])
-        .ok()
-        .flatten()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .filter(|id| !id.is_empty() && id.len() <= canary_protocol::report::MAX_PROXY_ID_LEN)
+    [vec!["xds", "node", "id"], vec!["node", "id"]]
+        .into_iter()
+        .find_map(|path| {
+            hostcalls::get_property(path)
+                .ok()
+                .flatten()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|id| !id.is_empty() && id.len() <= canary_protocol::report::MAX_PROXY_ID_LEN)
+        })
         .unwrap_or_else(|| "envoy".to_owned())
 }
 

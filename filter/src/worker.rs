@@ -64,6 +64,8 @@ impl std::fmt::Display for SyncFailure {
 pub struct Worker {
     weights: Weights,
     accumulating: [VersionStats; 2],
+    /// Weights version the accumulating counts were routed under.
+    accumulating_weights_version: u64,
     /// Requests per version since the VM started, for Envoy-native counters.
     requests_total: [u64; 2],
     rng: SplitRng,
@@ -92,9 +94,17 @@ impl Worker {
             // Version 0 means "never heard from the analyzer".
             weights: Weights { weights_version: 0, canary_weight: initial_weight },
             accumulating: Default::default(),
+            accumulating_weights_version: 0,
             requests_total: [0; 2],
             rng: SplitRng::new(rng_seed),
-            header: ReportHeader { proxy_id, worker_id, seq: 0, weights_version: 0, max_hold_ms: report_interval_ms },
+            header: ReportHeader {
+                proxy_id,
+                worker_id,
+                seq: 0,
+                weights_version: 0,
+                counts_weights_version: 0,
+                max_hold_ms: report_interval_ms,
+            },
             report_interval_ms: u64::from(report_interval_ms),
             unacked: None,
             in_flight: false,
@@ -162,6 +172,10 @@ impl Worker {
         let (_, body) = self.unacked.get_or_insert_with(|| {
             self.header.seq += 1;
             self.header.weights_version = self.weights.weights_version;
+            // The counts cut now were routed under the weights in force when
+            // they started accumulating; from here on they are the applied ones.
+            self.header.counts_weights_version = self.accumulating_weights_version;
+            self.accumulating_weights_version = self.weights.weights_version;
             let mut body = Vec::with_capacity(256);
             encode_report(&self.header, &self.accumulating[0], &self.accumulating[1], &mut body);
             for stats in &mut self.accumulating {

@@ -84,8 +84,14 @@ fn new_weights_apply_at_once_and_are_confirmed_immediately() {
     let outcome = worker.finish_sync(5, ack(1, weights(3, 1_000)));
     assert_eq!(outcome.weights_changed, Some((weights(0, 0), weights(3, 1_000))));
     assert!(outcome.resync_now && worker.sync_due(5));
+    worker.record(Version::Canary, StatusClass::Success, 1);
     let confirmation = sent(&mut worker, 5);
     assert_eq!(confirmation.header.weights_version, 3, "the next report confirms the applied version");
+    assert_eq!(
+        confirmation.header.counts_weights_version, 0,
+        "but its counts were routed under the weights before the change"
+    );
+    worker.record(Version::Canary, StatusClass::Success, 1);
 
     // Unchanged weights answered early: the next report waits for the interval.
     let outcome = worker.finish_sync(300, ack(2, weights(3, 1_000)));
@@ -97,6 +103,8 @@ fn new_weights_apply_at_once_and_are_confirmed_immediately() {
     // A hold that lasted the whole interval: the next sync opens at once, so
     // there is no gap in which a rollback would wait for a tick.
     let held = sent(&mut worker, 1_005);
+    assert_eq!((held.header.weights_version, held.header.counts_weights_version), (3, 3));
+    assert_eq!(held.versions[1].requests, 1, "requests after the change are labelled with the new weights");
     let outcome = worker.finish_sync(2_006, ack(held.header.seq, weights(3, 1_000)));
     assert!(outcome.resync_now && worker.sync_due(2_006));
 }

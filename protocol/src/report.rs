@@ -11,7 +11,7 @@
 //! | format version | 1 byte, `1` |
 //! | histogram layout | 1 byte grouping power, 1 byte max value power (`7`, `32`) |
 //! | proxy id | varint length (1..=255), then UTF-8 bytes |
-//! | worker id, seq, weights version, max hold ms | 4 varints |
+//! | worker id, seq, weights version, counts weights version, max hold ms | 5 varints |
 //! | stable section, then canary section | see below |
 //!
 //! A version section is its request count; the counts of responses with
@@ -165,8 +165,14 @@ pub struct ReportHeader {
     /// 1 for a VM's first report, +1 for each next one. A report is re-sent
     /// with the same seq until it is acknowledged.
     pub seq: u64,
-    /// Weights version this worker has applied; its counts were routed under it.
+    /// Weights version this worker has applied now: the analyzer's
+    /// convergence view and `?wait=true` read it.
     pub weights_version: u64,
+    /// Weights version the counts in this report were routed under. It
+    /// differs from `weights_version` in the first report after new weights
+    /// are applied, which carries the requests split under the old ones, so
+    /// per-step statistics never mix two steps.
+    pub counts_weights_version: u64,
     /// How long the analyzer may hold the response waiting for new weights.
     pub max_hold_ms: u32,
 }
@@ -223,12 +229,13 @@ impl Report {
             return Err(DecodeError::Invalid { what: "report", field: "seq", got: 0, rule: "must start at 1" });
         }
         let weights_version = reader.varint("weights version")?;
+        let counts_weights_version = reader.varint("counts weights version")?;
         let max_hold_ms = reader.varint_at_most("max hold ms", u64::from(u32::MAX), "must fit in 32 bits")? as u32;
         let stable = decode_section(&mut reader, Version::Stable)?;
         let canary = decode_section(&mut reader, Version::Canary)?;
         reader.finish()?;
         Ok(Report {
-            header: ReportHeader { proxy_id, worker_id, seq, weights_version, max_hold_ms },
+            header: ReportHeader { proxy_id, worker_id, seq, weights_version, counts_weights_version, max_hold_ms },
             versions: [stable, canary],
         })
     }
@@ -256,6 +263,7 @@ fn encode_header(header: &ReportHeader, out: &mut Vec<u8>) {
     put_varint(out, header.worker_id);
     put_varint(out, header.seq);
     put_varint(out, header.weights_version);
+    put_varint(out, header.counts_weights_version);
     put_varint(out, u64::from(header.max_hold_ms));
 }
 

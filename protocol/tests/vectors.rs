@@ -78,13 +78,19 @@ fn report_bytes_are_frozen() {
     stable.record(StatusClass::ServerError, 250_000);
     let mut canary = VersionStats::default();
     canary.record(StatusClass::NoResponse, 5_000_000);
-    let header =
-        ReportHeader { proxy_id: "p1".into(), worker_id: 0xab_cdef, seq: 3, weights_version: 2, max_hold_ms: 1_000 };
+    let header = ReportHeader {
+        proxy_id: "p1".into(),
+        worker_id: 0xab_cdef,
+        seq: 3,
+        weights_version: 2,
+        counts_weights_version: 1,
+        max_hold_ms: 1_000,
+    };
     let mut bytes = Vec::new();
     encode_report(&header, &stable, &canary, &mut bytes);
     let expected: &[u8] = &[
-        67, 82, 1, 7, 32, 2, 112, 49, 239, 155, 175, 5, 3, 2, 232, 7, 3, 2, 0, 0, 1, 0, 3, 120, 1, 194, 3, 1, 184, 7,
-        1, 1, 0, 0, 0, 0, 1, 1, 152, 16, 1,
+        67, 82, 1, 7, 32, 2, 112, 49, 239, 155, 175, 5, 3, 2, 1, 232, 7, 3, 2, 0, 0, 1, 0, 3, 120, 1, 194, 3, 1, 184,
+        7, 1, 1, 0, 0, 0, 0, 1, 1, 152, 16, 1,
     ];
     assert_eq!(bytes, expected);
     let report = Report::decode(&bytes).expect("valid");

@@ -1,0 +1,300 @@
+//! Envoy: bootstrap rendering, startup, readiness and `--mode validate`.
+//!
+//! The rendered bootstrap has the structure of the contract's local config:
+//! one listener whose route table sends `x-canary-version: canary` to the
+//! `canary` cluster and everything else to `stable`, the wasm filter
+//! (`canary_split`, V8, `FAIL_OPEN`, JSON configuration in a `StringValue`)
+//! in front of the router, and a `canary_analyzer` cluster for the filter's
+//! long-poll.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::http;
+use crate::process::ChildProcess;
+
+/// The values a bootstrap is rendered from.
+#[derive(Debug, Clone)]
+pub struct BootstrapParams {
+    /// Envoy's `node.id`; the filter's default proxy id.
+    pub node_id: String,
+    /// 0 lets Envoy pick; read the real port from the admin `/listeners`.
+    pub listener_port: u16,
+    /// 0 lets Envoy pick; read it from `--admin-address-path`.
+    pub admin_port: u16,
+    pub stable: SocketAddr,
+    pub canary: SocketAddr,
+    pub analyzer: SocketAddr,
+    /// The filter's configuration string, passed verbatim (it may be
+    /// deliberately malformed).
+    pub filter_configuration: String,
+    pub filter_wasm: PathBuf,
+    /// The header the route table matches on.
+    pub route_header: String,
+}
+
+/// Renders the Envoy bootstrap YAML.
+pub fn render_bootstrap(params: &BootstrapParams) -> String {
+    // JSON string literals are valid YAML double-quoted scalars, so this
+    // quotes arbitrary configuration text and paths safely.
+    let quote = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
+    let cluster = |name: &str, address: SocketAddr, connect_timeout: &str| {
+        format!(
+            r#"  - name: {name}
+    type: STATIC
+    connect_timeout: {connect_timeout}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {port} }}
+"#,
+            ip = address.ip(),
+            port = address.port(),
+        )
+    };
+    format!(
+        r#"# Rendered by the canary-tests harness.
+node:
+  id: {node_id}
+  cluster: canary-test
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: ingress
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listener_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          # As in envoy-config/local/envoy.yaml: drop the client's route
+          # header before routing, so a skipped (failed) filter means stable.
+          early_header_mutation_extensions:
+          - name: strip_client_route_header
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation
+              mutations:
+              - remove: {route_header}
+          route_config:
+            name: canary_routes
+            virtual_hosts:
+            - name: app
+              domains: ["*"]
+              routes:
+              # Only an explicit header value selects canary; the default
+              # route is stable, so a missing or failed filter means stable.
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: {route_header}
+                    string_match: {{ exact: canary }}
+                route: {{ cluster: canary }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: stable }}
+          http_filters:
+          - name: canary_split
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: canary_split
+                root_id: canary_split
+                failure_policy: FAIL_OPEN
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+                vm_config:
+                  vm_id: canary_split
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: {wasm}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+{stable}{canary}{analyzer}"#,
+        node_id = quote(&params.node_id),
+        admin_port = params.admin_port,
+        listener_port = params.listener_port,
+        route_header = quote(&params.route_header),
+        configuration = quote(&params.filter_configuration),
+        wasm = quote(&params.filter_wasm.display().to_string()),
+        stable = cluster("stable", params.stable, "1s"),
+        canary = cluster("canary", params.canary, "1s"),
+        // A dead analyzer must fail the sync fast, not hold a worker's slot.
+        analyzer = cluster("canary_analyzer", params.analyzer, "0.25s"),
+    )
+}
+
+/// Runs `envoy --mode validate -c config` from `working_dir` (relative paths
+/// in the config resolve against it).
+pub fn validate(envoy: &Path, config: &Path, working_dir: &Path) -> anyhow::Result<Output> {
+    Command::new(envoy)
+        .args(["--mode", "validate", "-l", "warn", "--disable-hot-restart", "-c"])
+        .arg(config)
+        .current_dir(working_dir)
+        .output()
+        .with_context(|| format!("run {} --mode validate", envoy.display()))
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    process: ChildProcess,
+    admin: SocketAddr,
+    listener: SocketAddr,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap` and waits until the admin says it is
+    /// ready and the listener accepts TCP connections.
+    ///
+    /// Readiness deliberately sends no HTTP request through the listener:
+    /// it would reach a backend and be counted by the filter, and the tests
+    /// compare those counts exactly.
+    pub async fn start(
+        binary: &Path,
+        bootstrap: &Path,
+        concurrency: usize,
+        dir: &Path,
+        deadline: Instant,
+    ) -> anyhow::Result<Self> {
+        let admin_address_path = dir.join("envoy-admin.address");
+        // A file left by an earlier Envoy in this directory would name a
+        // dead admin port.
+        let _ = std::fs::remove_file(&admin_address_path);
+        let mut command = Command::new(binary);
+        command
+            .arg("-c")
+            .arg(bootstrap)
+            .args(["--concurrency", &concurrency.to_string()])
+            // No shared memory: parallel stacks cannot collide on a base id.
+            .arg("--disable-hot-restart")
+            .arg("--admin-address-path")
+            .arg(&admin_address_path)
+            .args(["-l", "info"]);
+        let mut process = ChildProcess::spawn("envoy", command, &dir.join("envoy.log"))?;
+        let admin = loop {
+            if let Ok(text) = std::fs::read_to_string(&admin_address_path)
+                && let Ok(admin) = text.trim().parse::<SocketAddr>()
+            {
+                break admin;
+            }
+            process.fail_if_exited("before writing its admin address")?;
+            if Instant::now() >= deadline {
+                bail!("envoy did not write {} in time\n{}", admin_address_path.display(), process.describe_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        loop {
+            if let Ok(response) = http::get(admin, "/ready").await
+                && response.status.is_success()
+            {
+                break;
+            }
+            process.fail_if_exited("before becoming ready")?;
+            if Instant::now() >= deadline {
+                bail!("envoy admin /ready did not answer 200 in time\n{}", process.describe_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let listener = listener_address(admin, "ingress").await.with_context(|| process.describe_log())?;
+        loop {
+            if tokio::net::TcpStream::connect(listener).await.is_ok() {
+                break;
+            }
+            process.fail_if_exited("before its listener accepted connections")?;
+            if Instant::now() >= deadline {
+                bail!("envoy listener {listener} did not accept connections in time\n{}", process.describe_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { process, admin, listener })
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    pub fn process_mut(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Envoy's `/stats/prometheus` text.
+    pub async fn prometheus(&self) -> anyhow::Result<String> {
+        let response = http::get(self.admin, "/stats/prometheus").await?;
+        if !response.status.is_success() {
+            bail!("envoy /stats/prometheus answered {}", response.status);
+        }
+        Ok(response.text())
+    }
+}
+
+/// The bound address of listener `name`, from the admin `/listeners`.
+async fn listener_address(admin: SocketAddr, name: &str) -> anyhow::Result<SocketAddr> {
+    let listeners = http::get_json(admin, "/listeners?format=json").await?;
+    let statuses = listeners["listener_statuses"].as_array().cloned().unwrap_or_default();
+    for status in statuses {
+        if status["name"] == name {
+            let socket = &status["local_address"]["socket_address"];
+            let ip = socket["address"].as_str().unwrap_or("127.0.0.1");
+            let port = socket["port_value"].as_u64().unwrap_or(0);
+            return format!("{ip}:{port}").parse().with_context(|| format!("listener address in {status}"));
+        }
+    }
+    bail!("envoy has no listener named {name}: {listeners}")
+}
+
+/// The sum of all series of a Prometheus metric whose name ends with
+/// `name_suffix` (Envoy may or may not prefix custom wasm metrics), or
+/// `None` when there is no such series.
+pub fn prometheus_value(text: &str, name_suffix: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let metric = series.split('{').next().unwrap_or(series);
+        if (metric == name_suffix || metric.ends_with(&format!("_{name_suffix}")))
+            && let Ok(value) = value.parse::<f64>()
+        {
+            *found.get_or_insert(0.0) += value;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_lookup() {
+        let text = "# TYPE canary_split_requests_stable counter\ncanary_split_requests_stable{} 12\n\
+                    envoy_wasmcustom_canary_split_requests_canary 3\nother 1\n";
+        assert_eq!(prometheus_value(text, "canary_split_requests_stable"), Some(12.0));
+        assert_eq!(prometheus_value(text, "canary_split_requests_canary"), Some(3.0));
+        assert_eq!(prometheus_value(text, "canary_split_weight_bp"), None);
+    }
+}

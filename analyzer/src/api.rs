@@ -20,9 +20,14 @@ use serde_json::Value;
 
 use crate::aggregate::{WorkerKey, format_worker_id};
 use crate::config::MAX_WAIT_TIMEOUT_MS;
+use crate::controller::ControlError;
 use crate::metrics::RejectReason;
-use crate::state::{AppState, WaitOutcome, WeightChange};
+use crate::rollout::{MAX_GRADUAL_SECONDS, RolloutView, SpecError};
+use crate::state::{AppState, WaitOutcome, WeightChange, unix_now_ms};
 use crate::store::NotDurable;
+
+#[path = "api_rollouts.rs"]
+mod rollouts;
 
 /// Largest report body accepted. A report with every latency bucket of both
 /// versions filled is under 100 KiB, so this leaves room without letting a
@@ -40,6 +45,13 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollout", get(get_rollout))
         .route("/v1/rollout/weight", put(put_weight))
         .route("/v1/rollout/rollback", post(post_rollback))
+        .route("/v1/rollout/promote", post(rollouts::promote))
+        .route("/v1/rollout/pause", post(rollouts::pause))
+        .route("/v1/rollout/resume", post(rollouts::resume))
+        .route("/v1/rollout/approve", post(rollouts::approve))
+        .route("/v1/rollouts", post(rollouts::start))
+        .route("/v1/rollouts/history", get(rollouts::history))
+        .route("/v1/assignment", get(rollouts::assignment))
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(not_found)
@@ -59,6 +71,35 @@ pub enum ApiError {
     NotDurable(#[from] NotDurable),
     #[error("no route for {method} {path}")]
     NotFound { method: Method, path: String },
+    /// The rollout's phase does not allow the action; the message says what
+    /// to do instead.
+    #[error("{0}")]
+    Conflict(String),
+    /// A readable rollout spec with a wrong field.
+    #[error("{message}")]
+    Unprocessable { message: String, field: Option<String> },
+    /// A rollout decision could not be made durable.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::Conflict(message) => ApiError::Conflict(message),
+            ControlError::NotDurable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(error: SpecError) -> Self {
+        if error.syntax {
+            ApiError::BadRequest { message: error.to_string(), field: None }
+        } else {
+            ApiError::Unprocessable { message: error.to_string(), field: error.field }
+        }
+    }
 }
 
 impl ApiError {
@@ -71,14 +112,16 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotDurable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotDurable(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
     pub fn field(&self) -> Option<&str> {
         match self {
-            ApiError::BadRequest { field, .. } => field.as_deref(),
+            ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => field.as_deref(),
             _ => None,
         }
     }
@@ -135,8 +178,18 @@ async fn filter_sync(State(state): State<AppState>, headers: HeaderMap, body: Bo
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], response.to_bytes()).into_response())
 }
 
+/// `GET /v1/rollout`: issue 2's data-plane view plus the rollout.
+#[derive(Debug, Serialize)]
+struct FullView {
+    #[serde(flatten)]
+    data_plane: crate::aggregate::RolloutView,
+    /// `null` when no rollout was ever started.
+    rollout: Option<RolloutView>,
+}
+
 async fn get_rollout(State(state): State<AppState>) -> Response {
-    axum::Json(state.rollout_view()).into_response()
+    let rollout = state.controller().view(unix_now_ms());
+    axum::Json(FullView { data_plane: state.rollout_view(), rollout }).into_response()
 }
 
 /// `PUT /v1/rollout/weight` body.
@@ -144,42 +197,65 @@ async fn get_rollout(State(state): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct WeightRequest {
     canary_percent: f64,
+    reason: Option<String>,
 }
 
-/// `POST /v1/rollout/rollback` body: empty or `{}`.
+/// `POST /v1/rollout/rollback` body: empty, `{}`, or a reason and a ramp.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RollbackRequest {}
+struct RollbackRequest {
+    reason: Option<String>,
+    gradual_seconds: Option<u32>,
+}
 
 async fn put_weight(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = Instant::now();
+    let actor = rollouts::actor(&headers)?;
     let wait = WaitQuery::parse(query.as_deref(), state.config().rollback_wait_timeout_ms)?;
     let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
-    let request: WeightRequest = parse_json_body(&bytes, &["canary_percent"])?;
+    let request: WeightRequest = parse_json_body(&bytes, &["canary_percent", "reason"])?;
     let canary_weight = CanaryWeight::from_percent(request.canary_percent)
         .map_err(|error| ApiError::bad_request(error.to_string(), Some("canary_percent")))?;
-    let change = state.set_canary_weight(canary_weight).await?;
-    Ok(respond_to_change(&state, change, wait, received_at).await)
+    let reason = rollouts::check_reason(request.reason)?;
+    let outcome = state.controller().put_weight(&state, &actor, reason.as_deref(), canary_weight).await?;
+    Ok(respond_to_outcome(&state, outcome, wait, received_at).await)
 }
 
 async fn post_rollback(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let received_at = Instant::now();
+    let actor = rollouts::actor(&headers)?;
     let wait = WaitQuery::parse(query.as_deref(), state.config().rollback_wait_timeout_ms)?;
     let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
-    let _: RollbackRequest = parse_json_body(&bytes, &[])?;
-    let change = state.set_canary_weight(CanaryWeight::ZERO).await?;
-    if change.changed {
-        tracing::warn!(weights_version = change.weights.weights.weights_version, "rollback: canary weight set to 0");
+    let request: RollbackRequest = parse_json_body(&bytes, &["reason", "gradual_seconds"])?;
+    if let Some(seconds) = request.gradual_seconds
+        && seconds > MAX_GRADUAL_SECONDS
+    {
+        return Err(ApiError::bad_request(
+            format!("gradual_seconds is {seconds}, must be 0..={MAX_GRADUAL_SECONDS}"),
+            Some("gradual_seconds"),
+        ));
     }
-    Ok(respond_to_change(&state, change, wait, received_at).await)
+    let reason = rollouts::check_reason(request.reason)?;
+    let outcome = state.controller().rollback(&state, &actor, reason.as_deref(), request.gradual_seconds).await?;
+    if let Some(change) = outcome.weight_change.filter(|change| change.changed) {
+        let weights = change.weights.weights;
+        if weights.canary_weight.bp() == 0 {
+            tracing::warn!(weights_version = weights.weights_version, %actor, "rollback: canary weight set to 0");
+        } else {
+            tracing::warn!(weights_version = weights.weights_version, %actor, canary_weight = %weights.canary_weight, "rollback: ramping down");
+        }
+    }
+    Ok(respond_to_outcome(&state, outcome, wait, received_at).await)
 }
 
 async fn get_metrics(State(state): State<AppState>) -> Response {
@@ -204,6 +280,9 @@ struct WeightChangeBody {
     changed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     wait: Option<WaitBody>,
+    /// The rollout after the change, when one holds the weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<RolloutView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -227,7 +306,26 @@ impl From<&WorkerKey> for WorkerRef {
     }
 }
 
-async fn respond_to_change(state: &AppState, change: WeightChange, wait: WaitQuery, received_at: Instant) -> Response {
+/// Answers a rollback or weight change that went through the controller.
+async fn respond_to_outcome(
+    state: &AppState,
+    outcome: crate::controller::CommandOutcome,
+    wait: WaitQuery,
+    received_at: Instant,
+) -> Response {
+    // A command that moved no weight (none is expected here) reports the
+    // weights in force.
+    let change = outcome.weight_change.unwrap_or(WeightChange { weights: state.weights(), changed: false });
+    respond_to_change(state, change, wait, received_at, outcome.view).await
+}
+
+async fn respond_to_change(
+    state: &AppState,
+    change: WeightChange,
+    wait: WaitQuery,
+    received_at: Instant,
+    rollout: Option<RolloutView>,
+) -> Response {
     let weights = change.weights.weights;
     let mut body = WeightChangeBody {
         error: None,
@@ -237,6 +335,7 @@ async fn respond_to_change(state: &AppState, change: WeightChange, wait: WaitQue
         canary_weight_bp: weights.canary_weight.bp(),
         changed: change.changed,
         wait: None,
+        rollout,
     };
     if !wait.wait {
         return (StatusCode::OK, axum::Json(body)).into_response();
@@ -342,16 +441,16 @@ fn parse_json_body<T: DeserializeOwned>(bytes: &[u8], fields: &[&str]) -> Result
         let expected = if fields.is_empty() { "no fields".to_owned() } else { fields.join(", ") };
         return Err(ApiError::bad_request(format!("unknown field {unknown:?}; expected {expected}"), Some(unknown)));
     }
-    serde_json::from_value(value).map_err(|error| {
+    serde_path_to_error::deserialize(&value).map_err(|error| {
         // Every key is known by now, so serde complains about a missing field
-        // (named in its message) or the type of a present one. The bodies
-        // have at most one field, which is then the one at fault.
-        let message = error.to_string();
-        let field = message
-            .strip_prefix("missing field `")
-            .and_then(|rest| rest.split('`').next())
-            .map(str::to_owned)
-            .or_else(|| fields.first().map(|field| (*field).to_owned()));
+        // (named in its message) or the type of a present one (its path).
+        let path = error.path().to_string();
+        let message = error.inner().to_string();
+        let field = if path == "." {
+            message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()).map(str::to_owned)
+        } else {
+            Some(path)
+        };
         ApiError::BadRequest { message: format!("{}: {message}", field.as_deref().unwrap_or("body")), field }
     })
 }
@@ -395,3 +494,7 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 #[cfg(test)]
 #[path = "api_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "rollout_api_tests.rs"]
+mod rollout_tests;

@@ -30,6 +30,14 @@ pub const DEFAULT_ROLLBACK_WAIT_TIMEOUT_MS: u64 = 2_000;
 pub const MAX_WAIT_TIMEOUT_MS: u64 = 600_000;
 /// Environment variable that sets the filter token when the file does not.
 pub const FILTER_TOKEN_ENV: &str = "CANARY_FILTER_TOKEN";
+/// Default Envoy cluster of the canary hosts, for host health.
+pub const DEFAULT_CANARY_CLUSTER: &str = "canary";
+/// Default number of finished rollouts kept in the history.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// Most finished rollouts the history may keep.
+pub const MAX_HISTORY_LIMIT: usize = 10_000;
+/// The rollout controller's tick: once a second, as the brief evaluates.
+pub const DEFAULT_ROLLOUT_TICK_MS: u64 = 1_000;
 
 /// `canary-analyzer [--listen ADDR] [--state-dir DIR] [--config FILE]`
 #[derive(Debug, Clone, Default, Parser)]
@@ -56,6 +64,61 @@ pub struct Config {
     pub window_seconds: u32,
     pub worker_stale_after_ms: u64,
     pub rollback_wait_timeout_ms: u64,
+    /// Envoy admin endpoints read for the canary hosts' health; empty means
+    /// host health is unknown.
+    pub envoy_admin_urls: Vec<String>,
+    /// The Envoy cluster whose hosts are the canary's.
+    pub canary_cluster: String,
+    /// Webhooks told about every rollout phase change.
+    pub notify: Vec<NotifyTarget>,
+    /// Finished rollouts kept by `GET /v1/rollouts/history`.
+    pub history_limit: usize,
+    /// Period of the rollout controller (not in the file: tests shorten it).
+    pub rollout_tick_ms: u64,
+}
+
+/// One `[[notify]]` table.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    pub url: String,
+    pub format: NotifyFormat,
+    /// PagerDuty's integration key; a secret.
+    pub routing_key: Option<String>,
+}
+
+/// The payload a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// Slack's incoming-webhook message (`text` and `attachments`).
+    Slack,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+    /// The analyzer's own event document.
+    Json,
+}
+
+impl NotifyFormat {
+    pub const ALL: [NotifyFormat; 3] = [NotifyFormat::Slack, NotifyFormat::Pagerduty, NotifyFormat::Json];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyFormat::Slack => "slack",
+            NotifyFormat::Pagerduty => "pagerduty",
+            NotifyFormat::Json => "json",
+        }
+    }
+}
+
+// The routing key is a secret: keep it out of logs.
+impl fmt::Debug for NotifyTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifyTarget")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("routing_key", &self.routing_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why the configuration was refused. Each variant names the field.
@@ -67,13 +130,17 @@ pub enum ConfigError {
     ParseFile { path: PathBuf, message: String },
     #[error("{field}: {message}")]
     Invalid { field: &'static str, message: String },
+    /// A field inside a list, e.g. `notify[1].url`.
+    #[error("{field}: {message}")]
+    InvalidAt { field: String, message: String },
 }
 
 impl ConfigError {
     /// The field the error is about, when there is one.
-    pub fn field(&self) -> Option<&'static str> {
+    pub fn field(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::InvalidAt { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -90,6 +157,11 @@ impl Config {
             window_seconds: DEFAULT_WINDOW_SECONDS,
             worker_stale_after_ms: DEFAULT_WORKER_STALE_AFTER_MS,
             rollback_wait_timeout_ms: DEFAULT_ROLLBACK_WAIT_TIMEOUT_MS,
+            envoy_admin_urls: Vec::new(),
+            canary_cluster: DEFAULT_CANARY_CLUSTER.to_owned(),
+            notify: Vec::new(),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+            rollout_tick_ms: DEFAULT_ROLLOUT_TICK_MS,
         }
     }
 
@@ -146,8 +218,69 @@ impl Config {
                 &format!("is {rollback_wait_timeout_ms}, must be 1..={MAX_WAIT_TIMEOUT_MS}"),
             ));
         }
-        Ok(Config { listen, state_dir, filter_token, window_seconds, worker_stale_after_ms, rollback_wait_timeout_ms })
+        let mut envoy_admin_urls = Vec::new();
+        for (position, url) in file.envoy_admin_urls.unwrap_or_default().into_iter().enumerate() {
+            let url = url.trim_end_matches('/').to_owned();
+            check_http_url(&url).map_err(|message| ConfigError::InvalidAt {
+                field: format!("envoy_admin_urls[{position}]"),
+                message,
+            })?;
+            envoy_admin_urls.push(url);
+        }
+        let canary_cluster = file.canary_cluster.unwrap_or_else(|| DEFAULT_CANARY_CLUSTER.to_owned());
+        if canary_cluster.is_empty() {
+            return Err(invalid("canary_cluster", "must not be empty"));
+        }
+        let mut notify = Vec::new();
+        for (position, target) in file.notify.unwrap_or_default().into_iter().enumerate() {
+            let at = |name: &str| format!("notify[{position}].{name}");
+            check_http_url(&target.url).map_err(|message| ConfigError::InvalidAt { field: at("url"), message })?;
+            let routing_key = target.routing_key.filter(|key| !key.is_empty());
+            match (target.format, &routing_key) {
+                (NotifyFormat::Pagerduty, None) => {
+                    return Err(ConfigError::InvalidAt {
+                        field: at("routing_key"),
+                        message: "format pagerduty needs the integration's routing_key".to_owned(),
+                    });
+                }
+                (NotifyFormat::Slack | NotifyFormat::Json, Some(_)) => {
+                    return Err(ConfigError::InvalidAt {
+                        field: at("routing_key"),
+                        message: "only format pagerduty takes a routing_key".to_owned(),
+                    });
+                }
+                _ => {}
+            }
+            notify.push(NotifyTarget { url: target.url, format: target.format, routing_key });
+        }
+        let history_limit = file.history_limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        if !(1..=MAX_HISTORY_LIMIT).contains(&history_limit) {
+            return Err(invalid("history_limit", &format!("is {history_limit}, must be 1..={MAX_HISTORY_LIMIT}")));
+        }
+        Ok(Config {
+            listen,
+            state_dir,
+            filter_token,
+            window_seconds,
+            worker_stale_after_ms,
+            rollback_wait_timeout_ms,
+            envoy_admin_urls,
+            canary_cluster,
+            notify,
+            history_limit,
+            rollout_tick_ms: DEFAULT_ROLLOUT_TICK_MS,
+        })
     }
+}
+
+/// Webhooks and Envoy admin endpoints are `http://` or `https://` URLs with
+/// a host.
+fn check_http_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|error| format!("{url:?} is not a URL: {error}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!("{url:?} must be an http:// or https:// URL with a host"));
+    }
+    Ok(())
 }
 
 /// The TOML file as written; every key is optional.
@@ -163,6 +296,19 @@ pub struct FileConfig {
     pub window_seconds: Option<u32>,
     pub worker_stale_after_ms: Option<u64>,
     pub rollback_wait_timeout_ms: Option<u64>,
+    pub envoy_admin_urls: Option<Vec<String>>,
+    pub canary_cluster: Option<String>,
+    pub notify: Option<Vec<NotifyFileTarget>>,
+    pub history_limit: Option<usize>,
+}
+
+/// A `[[notify]]` table as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyFileTarget {
+    pub url: String,
+    pub format: NotifyFormat,
+    pub routing_key: Option<String>,
 }
 
 impl FileConfig {
@@ -185,6 +331,11 @@ impl fmt::Debug for Config {
             .field("window_seconds", &self.window_seconds)
             .field("worker_stale_after_ms", &self.worker_stale_after_ms)
             .field("rollback_wait_timeout_ms", &self.rollback_wait_timeout_ms)
+            .field("envoy_admin_urls", &self.envoy_admin_urls)
+            .field("canary_cluster", &self.canary_cluster)
+            .field("notify", &self.notify)
+            .field("history_limit", &self.history_limit)
+            .field("rollout_tick_ms", &self.rollout_tick_ms)
             .finish()
     }
 }
@@ -280,6 +431,42 @@ mod tests {
         check(Cli::default(), "rollback_wait_timeout_ms = 0", "rollback_wait_timeout_ms");
         check(Cli::default(), "filter_token = \"a\"\nfilter_token_file = \"/b\"", "filter_token_file");
         check(Cli::default(), "filter_token_file = \"/does/not/exist\"", "filter_token_file");
+        check(Cli::default(), "canary_cluster = \"\"", "canary_cluster");
+        check(Cli::default(), "history_limit = 0", "history_limit");
+        check(Cli::default(), "envoy_admin_urls = [\"http://127.0.0.1:9901\", \"ftp://x\"]", "envoy_admin_urls[1]");
+        check(Cli::default(), "[[notify]]\nurl = \"hooks.slack.com/x\"\nformat = \"slack\"", "notify[0].url");
+        check(
+            Cli::default(),
+            "[[notify]]\nurl = \"http://127.0.0.1:1/pd\"\nformat = \"pagerduty\"",
+            "notify[0].routing_key",
+        );
+        check(
+            Cli::default(),
+            "[[notify]]\nurl = \"http://127.0.0.1:1/s\"\nformat = \"slack\"\nrouting_key = \"k\"",
+            "notify[0].routing_key",
+        );
+    }
+
+    #[test]
+    fn rollout_settings_parse_with_their_defaults() {
+        let config = Config::merge(&Cli::default(), FileConfig::default(), None).expect("defaults");
+        assert_eq!((config.canary_cluster.as_str(), config.history_limit), ("canary", 100));
+        assert!(config.envoy_admin_urls.is_empty() && config.notify.is_empty());
+        let parsed = file(
+            "envoy_admin_urls = [\"http://127.0.0.1:9901/\"]\ncanary_cluster = \"payments_canary\"\nhistory_limit = 5\n\
+             [[notify]]\nurl = \"https://hooks.slack.com/services/T0/B0/X\"\nformat = \"slack\"\n\
+             [[notify]]\nurl = \"http://127.0.0.1:8080/pd\"\nformat = \"pagerduty\"\nrouting_key = \"s3cret-key\"\n",
+        )
+        .expect("valid toml");
+        let config = Config::merge(&Cli::default(), parsed, None).expect("valid");
+        assert_eq!(config.envoy_admin_urls, ["http://127.0.0.1:9901"], "a trailing slash is dropped");
+        assert_eq!(config.canary_cluster, "payments_canary");
+        assert_eq!(config.history_limit, 5);
+        assert_eq!(config.notify[0].format, NotifyFormat::Slack);
+        assert_eq!(config.notify[1].routing_key.as_deref(), Some("s3cret-key"));
+        assert!(!format!("{config:?}").contains("s3cret-key"), "the routing key is redacted");
+        let error = file("[[notify]]\nurl = \"http://x\"\nformat = \"teams\"").expect_err("unknown format");
+        assert!(error.to_string().contains("teams"), "{error}");
     }
 
     #[test]

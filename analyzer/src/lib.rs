@@ -24,11 +24,27 @@
 //!   persister task.
 //! - [`api`]: `app(state) -> Router` and the JSON error type.
 //! - [`metrics`]: the Prometheus exposition, computed at scrape time.
+//! - [`rollout`]: pure. The rollout spec (YAML/JSON, validated into resolved
+//!   steps) and the rollout state machine: (state, tick or command, time) →
+//!   (state, actions).
+//! - [`controller`]: the shell around [`rollout`] and [`analysis`]: the
+//!   once-a-second tick, rollout persistence (`rollout.json`,
+//!   `rollout-history.json`), weight enforcement, commands from the API.
+//! - [`notify`]: webhook payloads (Slack, PagerDuty Events v2, JSON) and
+//!   their non-blocking, retrying delivery.
+//! - [`hosts`]: canary host health from Envoy's admin `/clusters`.
+//! - [`http_client`]: outbound HTTP(S) with deadlines and size caps.
 
 pub mod aggregate;
+pub mod analysis;
 pub mod api;
 pub mod config;
+pub mod controller;
+pub mod hosts;
+pub mod http_client;
 pub mod metrics;
+pub mod notify;
+pub mod rollout;
 pub mod state;
 pub mod store;
 

@@ -20,6 +20,8 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
 use crate::aggregate::{Aggregate, VersionCounts, WeightsRecord};
+use crate::notify::NotifySnapshot;
+use crate::rollout::{HostCounts, Phase};
 
 /// `le` edges of `canary_request_duration_seconds`.
 pub const DURATION_EDGES_SECONDS: [f64; 13] =
@@ -103,6 +105,29 @@ pub struct MetricsSnapshot {
     pub live_workers: usize,
     pub converged_workers: usize,
     pub reports: ReportCountsSnapshot,
+    pub rollout: RolloutMetrics,
+}
+
+/// The rollout controller's part of a scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RolloutMetrics {
+    /// The current (or last) rollout.
+    pub current: Option<CurrentRollout>,
+    pub started_total: u64,
+    /// `(outcome, count)` for `Promoted`, `RolledBack`, `Failed`.
+    pub completed_total: Vec<(&'static str, u64)>,
+    /// `(test, e-value)` of the latest assessment.
+    pub e_values: Vec<(&'static str, f64)>,
+    pub notifications: NotifySnapshot,
+    pub canary_hosts: Option<HostCounts>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurrentRollout {
+    pub name: String,
+    pub phase: Phase,
+    pub step_index: usize,
+    pub step_elapsed_seconds: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -132,6 +157,7 @@ impl MetricsSnapshot {
             live_workers: view.workers_total,
             converged_workers: view.workers_confirmed,
             reports,
+            rollout: RolloutMetrics::default(),
         }
     }
 }
@@ -177,6 +203,114 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
 }
 
 fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
+    let mut families = traffic_families(snapshot);
+    families.extend(rollout_families(&snapshot.rollout));
+    families
+}
+
+/// Rollout, analysis, notification and host families. A family with no
+/// samples is left out, since the text format cannot encode it.
+fn rollout_families(rollout: &RolloutMetrics) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    if let Some(current) = &rollout.current {
+        let phases = Phase::ALL
+            .iter()
+            .map(|phase| {
+                let value = if *phase == current.phase { 1.0 } else { 0.0 };
+                gauge(&[("rollout", &current.name), ("phase", phase.as_str())], value)
+            })
+            .collect();
+        families.push(family(
+            "canary_rollout_phase",
+            "1 for the current rollout's phase, 0 for the others.",
+            MetricType::GAUGE,
+            phases,
+        ));
+        families.push(family(
+            "canary_rollout_step",
+            "Index of the current rollout's step in its spec.",
+            MetricType::GAUGE,
+            vec![gauge(&[("rollout", &current.name)], current.step_index as f64)],
+        ));
+        families.push(family(
+            "canary_rollout_step_elapsed_seconds",
+            "Time spent in the current step.",
+            MetricType::GAUGE,
+            vec![gauge(&[("rollout", &current.name)], current.step_elapsed_seconds)],
+        ));
+    }
+    families.push(family(
+        "canary_rollouts_started_total",
+        "Rollouts started since the state directory was created.",
+        MetricType::COUNTER,
+        vec![counter(&[], rollout.started_total as f64)],
+    ));
+    if !rollout.completed_total.is_empty() {
+        let completed = rollout
+            .completed_total
+            .iter()
+            .map(|(outcome, count)| counter(&[("outcome", outcome)], *count as f64))
+            .collect();
+        families.push(family(
+            "canary_rollouts_completed_total",
+            "Finished rollouts by outcome (Promoted, RolledBack, Failed).",
+            MetricType::COUNTER,
+            completed,
+        ));
+    }
+    if !rollout.e_values.is_empty() {
+        let e_values = rollout.e_values.iter().map(|(test, value)| gauge(&[("test", test)], *value)).collect();
+        families.push(family(
+            "canary_analysis_e_value",
+            "Latest e-value of each sequential test (rollback at 1/alpha of the test).",
+            MetricType::GAUGE,
+            e_values,
+        ));
+    }
+    if !rollout.notifications.is_empty() {
+        let sent = rollout
+            .notifications
+            .iter()
+            .map(|(format, sent, _)| counter(&[("format", format.as_str())], *sent as f64))
+            .collect();
+        let dropped = rollout
+            .notifications
+            .iter()
+            .flat_map(|(format, _, dropped)| {
+                dropped.iter().map(|(reason, count)| {
+                    counter(&[("format", format.as_str()), ("reason", reason.as_str())], *count as f64)
+                })
+            })
+            .collect();
+        families.push(family(
+            "canary_notifications_sent_total",
+            "Webhook notifications delivered, by payload format.",
+            MetricType::COUNTER,
+            sent,
+        ));
+        families.push(family(
+            "canary_notifications_dropped_total",
+            "Webhook notifications given up on, by format and reason.",
+            MetricType::COUNTER,
+            dropped,
+        ));
+    }
+    if let Some(hosts) = rollout.canary_hosts {
+        let unhealthy = hosts.total.saturating_sub(hosts.healthy);
+        families.push(family(
+            "canary_hosts",
+            "Hosts of the canary cluster by Envoy's health checks (absent when not configured).",
+            MetricType::GAUGE,
+            vec![
+                gauge(&[("version", "canary"), ("health", "healthy")], f64::from(hosts.healthy)),
+                gauge(&[("version", "canary"), ("health", "unhealthy")], f64::from(unhealthy)),
+            ],
+        ));
+    }
+    families
+}
+
+fn traffic_families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
     let per_version = |value: &dyn Fn(&VersionMetrics) -> f64| {
         Version::ALL
             .iter()

@@ -1,5 +1,6 @@
 //! The analyzer's shared state: the aggregate behind a lock, the published
-//! weights, the notification channels, and the persister task.
+//! weights, the notification channels, the persister task, and the rollout
+//! controller with its tasks (tick, host-health poller, webhook delivery).
 //!
 //! Invariants:
 //! - The published weights (what sync responses carry) are always weights
@@ -14,15 +15,19 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use canary_protocol::{CanaryWeight, Report};
+use canary_protocol::{CanaryWeight, LatencyHistogram, Report};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{
-    Aggregate, AggregateSettings, Convergence, IngestOutcome, RolloutView, WeightsRecord, WorkerKey,
+    Aggregate, AggregateSettings, Convergence, IngestOutcome, RolloutView, VersionCounts, WeightsRecord, WorkerKey,
 };
 use crate::config::Config;
+use crate::controller::{self, Controller, Loaded};
+use crate::hosts::{self, HostHealthCell};
+use crate::http_client::HttpClient;
 use crate::metrics::{self, MetricsSnapshot, RejectReason, ReportCounters};
+use crate::notify::Notifier;
 use crate::store::{Durability, NotDurable, StateFile, Store, StoreError};
 
 /// Longest wait for the state to reach disk before a request gives up with
@@ -71,10 +76,22 @@ impl AppState {
             worker_stale_after_ms: config.worker_stale_after_ms,
         };
         let now_unix_ms = unix_now_ms();
-        let (aggregate, fresh) = match store.load()? {
+        let (mut aggregate, fresh) = match store.load()? {
             Some(parts) => (Aggregate::restore(settings, now_unix_ms, parts), false),
             None => (Aggregate::new(settings, now_unix_ms), true),
         };
+        let loaded = Loaded::read(store.dir())?;
+        // The rollout file is the source of truth for the weight while a
+        // rollout holds it (a crash may have come between recording a
+        // rollback and persisting its weight): correct it before any filter
+        // can sync, and write it down before it is published.
+        if let Some(wanted_bp) = loaded.enforced_weight_bp()
+            && let Ok(wanted) = CanaryWeight::from_bp(u64::from(wanted_bp))
+            && aggregate.change_weight(wanted, now_unix_ms).is_some()
+        {
+            tracing::warn!(canary_weight = %wanted, "weights corrected to the rollout's before serving");
+            store.save(&StateFile::capture(&aggregate))?;
+        }
         let weights = aggregate.weights();
         tracing::info!(
             path = %store.path().display(),
@@ -83,7 +100,13 @@ impl AppState {
             canary_weight = %weights.weights.canary_weight,
             "state loaded"
         );
+        let client = HttpClient::new();
+        let host_health = HostHealthCell::default();
+        let notifier = Notifier::start(&config.notify, client.clone());
+        let controller =
+            Controller::new(loaded, store.dir(), config.history_limit, host_health.clone(), notifier, now_unix_ms);
         let inner = Arc::new(Inner {
+            controller,
             config,
             store,
             core: Mutex::new(Core { aggregate, generation: 0 }),
@@ -104,7 +127,43 @@ impl AppState {
         }
         let persister = tokio::spawn(persist_loop(inner.clone()));
         *inner.persister.lock().unwrap_or_else(PoisonError::into_inner) = Some(persister);
-        Ok(AppState { inner })
+        let state = AppState { inner };
+        let config = &state.inner.config;
+        if !config.envoy_admin_urls.is_empty() {
+            tokio::spawn(hosts::poll(
+                config.envoy_admin_urls.clone(),
+                config.canary_cluster.clone(),
+                host_health,
+                client,
+                state.inner.shutdown_tx.subscribe(),
+            ));
+        }
+        tokio::spawn(controller::drive(
+            state.clone(),
+            Duration::from_millis(config.rollout_tick_ms.max(1)),
+            state.inner.shutdown_tx.subscribe(),
+        ));
+        Ok(state)
+    }
+
+    /// The rollout controller.
+    pub fn controller(&self) -> &Controller {
+        &self.inner.controller
+    }
+
+    /// The newest weights and the per-version counts routed under them:
+    /// what the controller feeds the analysis engine.
+    pub fn analysis_inputs(&self) -> (WeightsRecord, [VersionCounts; 2]) {
+        let core = self.inner.lock_core();
+        (core.aggregate.weights(), core.aggregate.since_weights_change().clone())
+    }
+
+    /// Stable's latency over the sliding window, from which a new analysis
+    /// step fixes its latency thresholds; `None` without stable traffic.
+    pub fn stable_reference(&self) -> Option<LatencyHistogram> {
+        let window = self.inner.lock_core().aggregate.window_counts(unix_now_ms());
+        let [stable, _] = window;
+        (!stable.latency_us.is_empty()).then_some(stable.latency_us)
     }
 
     pub fn config(&self) -> &Config {
@@ -234,7 +293,9 @@ impl AppState {
     pub fn render_metrics(&self) -> String {
         let published = self.weights();
         let reports = self.inner.reports.snapshot();
-        let snapshot = MetricsSnapshot::capture(&self.inner.lock_core().aggregate, published, reports, unix_now_ms());
+        let now_unix_ms = unix_now_ms();
+        let mut snapshot = MetricsSnapshot::capture(&self.inner.lock_core().aggregate, published, reports, now_unix_ms);
+        snapshot.rollout = self.inner.controller.metrics(now_unix_ms);
         metrics::render(&snapshot)
     }
 
@@ -283,6 +344,7 @@ pub fn unix_now_ms() -> u64 {
 }
 
 struct Inner {
+    controller: Controller,
     config: Config,
     store: Store,
     core: Mutex<Core>,

@@ -90,14 +90,34 @@ impl Store {
     pub fn save(&self, file: &StateFile) -> Result<(), StoreError> {
         let write_error = |source| StoreError::Write { path: self.path.clone(), source };
         let bytes = serde_json::to_vec(file).map_err(|error| write_error(std::io::Error::other(error)))?;
-        let mut tmp = File::create(&self.tmp_path).map_err(write_error)?;
-        tmp.write_all(&bytes).map_err(write_error)?;
-        tmp.sync_all().map_err(write_error)?;
-        drop(tmp);
-        std::fs::rename(&self.tmp_path, &self.path).map_err(write_error)?;
-        // The rename is only durable once the directory entry is.
-        File::open(&self.dir).and_then(|dir| dir.sync_all()).map_err(write_error)?;
-        Ok(())
+        write_atomically(&self.dir, &self.path, &self.tmp_path, &bytes).map_err(write_error)
+    }
+
+    /// The state directory, where sibling files (the rollout's) live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Replaces `path` (inside `dir`) with `bytes` so that a crash at any moment
+/// leaves the old content or the new, never a mix: write `tmp_path`, fsync,
+/// rename over `path`, fsync the directory. Blocking.
+pub fn write_atomically(dir: &Path, path: &Path, tmp_path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = File::create(tmp_path)?;
+    tmp.write_all(bytes)?;
+    tmp.sync_all()?;
+    drop(tmp);
+    std::fs::rename(tmp_path, path)?;
+    // The rename is only durable once the directory entry is.
+    File::open(dir).and_then(|dir| dir.sync_all())
+}
+
+/// The content of `path`, or `None` when it does not exist.
+pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
 }
 

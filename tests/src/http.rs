@@ -53,8 +53,20 @@ pub async fn send(
     body: Option<Bytes>,
     timeout: Duration,
 ) -> anyhow::Result<HttpResponse> {
+    send_with_headers(address, method, path_and_query, &[], body, timeout).await
+}
+
+/// Like [`send`], with extra request headers (for example `x-canary-actor`).
+pub async fn send_with_headers(
+    address: SocketAddr,
+    method: Method,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
     let what = format!("{method} http://{address}{path_and_query}");
-    tokio::time::timeout(timeout, send_inner(address, method, path_and_query, body))
+    tokio::time::timeout(timeout, send_inner(address, method, path_and_query, headers, body))
         .await
         .with_context(|| format!("{what}: no response within {timeout:?}"))?
         .with_context(|| what)
@@ -64,14 +76,19 @@ async fn send_inner(
     address: SocketAddr,
     method: Method,
     path_and_query: &str,
+    headers: &[(&str, &str)],
     body: Option<Bytes>,
 ) -> anyhow::Result<HttpResponse> {
     let stream = tokio::net::TcpStream::connect(address).await.context("connect")?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let connection = tokio::spawn(connection);
     let mut request = Request::builder().method(method).uri(path_and_query).header("host", address.to_string());
-    if body.is_some() {
+    let has_content_type = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+    if body.is_some() && !has_content_type {
         request = request.header("content-type", "application/json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = request.body(Full::new(body.unwrap_or_default()))?;
     let response = sender.send_request(request).await?;

@@ -4,7 +4,9 @@
 //! [`Stack`] starts the whole thing on loopback with free ports, waits for
 //! it to be ready, and kills it on drop (see [`stack`]). [`Load`] drives
 //! bounded concurrent traffic through Envoy. [`eventually!`] polls a
-//! condition with a patience set by `CANARY_TEST_PATIENCE_MS`.
+//! condition with a patience set by `CANARY_TEST_PATIENCE_MS`. [`rollout`]
+//! adds progressive rollouts: start one from a spec, act on it as an
+//! operator, wait for a phase, and keep traffic flowing meanwhile.
 //!
 //! The same harness runs the demo (`src/bin/canary-demo.rs`), so what the
 //! demo shows is what the tests check.
@@ -16,6 +18,7 @@ pub mod http;
 pub mod load;
 pub mod paths;
 pub mod process;
+pub mod rollout;
 pub mod stack;
 pub mod stats;
 
@@ -25,6 +28,7 @@ pub use analyzer::StopMode;
 pub use backend::{BackendOpts, BackendStats};
 pub use load::{Load, LoadReport, Outcome};
 pub use paths::Binaries;
+pub use rollout::BackgroundLoad;
 pub use stack::{Ports, Stack, StackBuilder};
 
 /// Re-exported for [`eventually!`], so callers need no direct dependency.

@@ -98,6 +98,7 @@ pub struct StackBuilder {
     analyzer_config_toml: String,
     expected_sync_vms: Option<usize>,
     use_permit: bool,
+    envoy_host_health: bool,
 }
 
 /// A running stack. Dropping it stops everything.
@@ -128,6 +129,7 @@ impl Default for StackBuilder {
             analyzer_config_toml: String::new(),
             expected_sync_vms: None,
             use_permit: true,
+            envoy_host_health: false,
         }
     }
 }
@@ -182,6 +184,15 @@ impl StackBuilder {
         self
     }
 
+    /// Points the analyzer's host-health reader at this stack's Envoy admin
+    /// (`envoy_admin_urls`, `canary_cluster = "canary"`), so rollout gates
+    /// that need canary host health can pass. The analyzer starts before
+    /// Envoy, so an ephemeral admin port is chosen up front.
+    pub fn envoy_host_health(mut self) -> Self {
+        self.envoy_host_health = true;
+        self
+    }
+
     /// How many filter VMs must have synced with the analyzer before
     /// `start` returns. The default is `concurrency + 1`: every worker's VM
     /// plus the main thread's, which runs the same tick loop and so also
@@ -233,8 +244,17 @@ impl StackBuilder {
 
     /// Starts everything and waits until it is ready (see
     /// [`StackBuilder::expected_sync_vms`]).
-    pub async fn start(self) -> anyhow::Result<Stack> {
+    pub async fn start(mut self) -> anyhow::Result<Stack> {
         let permit = if self.use_permit { Some(acquire_stack_permit().await) } else { None };
+        if self.envoy_host_health {
+            if self.ports.admin == 0 {
+                self.ports.admin = free_port()?;
+            }
+            self.analyzer_config_toml = format!(
+                "envoy_admin_urls = [\"http://127.0.0.1:{}\"]\ncanary_cluster = \"canary\"\n{}",
+                self.ports.admin, self.analyzer_config_toml
+            );
+        }
         let binaries = self.binaries.clone().unwrap_or_else(Binaries::from_env);
         binaries.check()?;
         let deadline = Instant::now() + crate::patience().max(Duration::from_secs(20));
@@ -521,6 +541,12 @@ impl Drop for Stack {
             }
         }
     }
+}
+
+/// A port that was free a moment ago. Another program could take it before
+/// Envoy binds it; that start then fails with a clear "address in use".
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind(("127.0.0.1", 0)).context("pick a free port")?.local_addr()?.port())
 }
 
 fn keep_dir(dir: tempfile::TempDir) -> PathBuf {

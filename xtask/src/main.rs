@@ -34,6 +34,9 @@ commands:
   build        build the filter (.wasm, release) and the native binaries (debug)
   test         install, then fmt, build, clippy (host and wasm32-wasip1), tests (host, then protocol on wasm)
   demo [ARGS]  install, build, then run target/debug/canary-demo ARGS with the test environment
+  simulate [ARGS]
+               run the analysis validation simulation (release build of canary-simulate ARGS;
+               `-- --help` lists them) and print its table (docs/statistics.md)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:
@@ -79,6 +82,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             tasks::test(&paths)?;
         }
         "demo" => return tasks::demo(&paths, rest),
+        "simulate" => return tasks::simulate(&paths, rest),
         "envoy-path" => {
             no_extra_args()?;
             println!("{}", install::envoy(&paths)?.display());

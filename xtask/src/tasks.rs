@@ -120,12 +120,33 @@ fn tests_passed(line: &str) -> Option<u64> {
     counts.split(';').find_map(|count| count.trim().strip_suffix(" passed")?.parse().ok())
 }
 
+/// `cargo xtask simulate [ARGS]`: the analysis engine's validation
+/// simulation (`docs/statistics.md`), in release mode because it runs
+/// millions of ticks. Needs nothing installed; ARGS go to `canary-simulate`.
+pub fn simulate(paths: &Paths, args: &[String]) -> Result<ExitCode> {
+    let args = match args {
+        [separator, rest @ ..] if separator == "--" => rest,
+        _ => args,
+    };
+    let mut command = cargo(paths);
+    command.args(["run", "--release", "-p", "canary-analyzer", "--bin", "canary-simulate", "--"]).args(args);
+    eprintln!("$ {}", cmd::display(&command));
+    let status = command.status().context("running cargo")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 /// `cargo xtask demo [ARGS]`: set up, build, then hand over to `canary-demo`.
 pub fn demo(paths: &Paths, args: &[String]) -> Result<ExitCode> {
     let tools = install::install(paths)?;
     build(paths)?;
     let demo = paths.debug_bin("canary-demo");
     let mut command = Command::new(&demo);
+    // `cargo xtask demo -- --canary bad` and `cargo xtask demo --canary bad`
+    // mean the same: a leading `--` only separates the demo's arguments.
+    let args = match args {
+        [separator, rest @ ..] if separator == "--" => rest,
+        _ => args,
+    };
     // From the repo root, the relative paths in envoy-config/local/ resolve.
     command.args(args).envs(artifact_env(paths, &tools)).current_dir(&paths.root);
     eprintln!("$ {}", cmd::display(&command));

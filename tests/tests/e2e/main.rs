@@ -12,6 +12,7 @@ mod config;
 mod conservation;
 mod control;
 mod propagation;
+mod rollout;
 mod routing;
 mod split;
 mod sticky;

@@ -136,6 +136,8 @@ fn invalid_specs_name_the_field_and_the_reason() {
             "(0, 0.5]",
         ),
         ("canaryVersion: v2\nanalysis: {minCanaryRequests: 0}", "analysis.minCanaryRequests", "at least 1"),
+        ("canaryVersion: v2\nanalysis: {latencyTolerance: -0.5}", "analysis.latencyTolerance", "0..=10"),
+        ("canaryVersion: v2\nanalysis: {latencyWarmup: soon}", "analysis.latencyWarmup", ""),
         ("canaryVersion: v2\nanalysis: {guards: {maxErrorRate: 5}}", "analysis.guards.maxErrorRate", "0.05"),
         ("canaryVersion: v2\nanalysis: {gates: {maxP95: 0ms}}", "analysis.gates.maxP95", "longer than 0ms"),
         ("canaryVersion: v2\nanalysis: {latencyQuantiles: [0.5, 1.0]}", "analysis.latencyQuantiles[1]", "(0, 1)"),

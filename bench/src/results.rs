@@ -86,20 +86,12 @@ pub fn unix_now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
-/// `YYYY-MM-DD` (UTC) of a Unix time, by Howard Hinnant's `civil_from_days`
-/// (proleptic Gregorian calendar), so no date crate is needed for one name.
+/// `YYYY-MM-DD` (UTC) of a Unix time.
 pub fn utc_date(unix_s: u64) -> String {
-    let days = (unix_s / 86_400) as i64;
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_s);
+    let mut text = humantime::format_rfc3339_seconds(time).to_string();
+    text.truncate("YYYY-MM-DD".len());
+    text
 }
 
 /// A hostname reduced to characters that are safe in a path on every OS.

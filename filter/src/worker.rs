@@ -231,7 +231,3 @@ impl Worker {
         self.consecutive_failures == 1
     }
 }
-
-#[cfg(test)]
-#[path = "worker_tests.rs"]
-mod tests;

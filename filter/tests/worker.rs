@@ -1,6 +1,9 @@
-use canary_protocol::Report;
+//! The worker state machine, driven as the proxy-wasm shim drives it: the
+//! split decision, reports cut once and re-sent until acknowledged, weights
+//! applied and confirmed, back-off after failures.
 
-use super::*;
+use canary_filter::worker::{SyncFailure, Worker};
+use canary_protocol::{CanaryWeight, Report, StatusClass, SyncResponse, Version, Weights, sticky_version};
 
 fn worker() -> Worker {
     Worker::new("proxy-a".into(), 7, 1, 1_000, CanaryWeight::ZERO)

@@ -615,7 +615,6 @@ fn format_decision(decision: &Value, started_unix_ms: u64) -> String {
 async fn print_summary(stack: &Stack, report: &LoadReport, outcome: &RolloutOutcome) -> anyhow::Result<()> {
     let [stable, canary] = stack.served().await?;
     let rollout = wait_for_counts(stack, stable.served, canary.served).await?;
-    let total = |version: &str| rollout["versions"][version]["total"]["requests"].as_u64().unwrap_or(0);
     let headline = match outcome.phase.as_str() {
         phase::PROMOTED => format!("{CANARY_VERSION} PROMOTED to 100% automatically"),
         phase::ROLLED_BACK => format!("{CANARY_VERSION} ROLLED BACK automatically"),
@@ -653,18 +652,22 @@ async fn print_summary(stack: &Stack, report: &LoadReport, outcome: &RolloutOutc
         thousands(canary.served),
         canary.errors
     );
+    print_accounting(&rollout, [stable.served, canary.served]);
+    Ok(())
+}
+
+/// The demo's closing check: the analyzer's per-version totals against what
+/// the backends served, which must be equal.
+fn print_accounting(rollout: &Value, served: [u64; 2]) {
+    let total = |version: &str| rollout["versions"][version]["total"]["requests"].as_u64().unwrap_or(0);
+    let counted = [total("stable"), total("canary")];
     println!(
         "  analyzer counted: stable {}, canary {}  -> {}",
-        thousands(total("stable")),
-        thousands(total("canary")),
-        if total("stable") == stable.served && total("canary") == canary.served {
-            "every request accounted for exactly once"
-        } else {
-            "MISMATCH with the backends"
-        }
+        thousands(counted[0]),
+        thousands(counted[1]),
+        if counted == served { "every request accounted for exactly once" } else { "MISMATCH with the backends" }
     );
     println!("stopping Envoy, the analyzer and the backends");
-    Ok(())
 }
 
 /// The last reports reach the analyzer within a report interval or two;
@@ -794,7 +797,6 @@ mod manual {
     pub async fn print_summary(stack: &Stack, report: &LoadReport, started: Instant) -> anyhow::Result<()> {
         let [stable, canary] = stack.served().await?;
         let rollout = wait_for_counts(stack, stable.served, canary.served).await?;
-        let total = |version: &str| rollout["versions"][version]["total"]["requests"].as_u64().unwrap_or(0);
         println!(
             "\nsummary after {:.1}s: client sent {} requests ({:.0} req/s), {} transport errors",
             started.elapsed().as_secs_f64(),
@@ -806,17 +808,7 @@ mod manual {
             "  backends served: stable {} ({} errors), canary {} ({} errors)",
             stable.served, stable.errors, canary.served, canary.errors
         );
-        println!(
-            "  analyzer counted: stable {}, canary {}  -> {}",
-            total("stable"),
-            total("canary"),
-            if total("stable") == stable.served && total("canary") == canary.served {
-                "every request accounted for exactly once"
-            } else {
-                "MISMATCH with the backends"
-            }
-        );
-        println!("stopping Envoy, the analyzer and the backends");
+        super::print_accounting(&rollout, [stable.served, canary.served]);
         Ok(())
     }
 }

@@ -406,7 +406,8 @@ impl Controller {
             _ => None,
         };
         let mut next = rollout;
-        let input = Input::Tick { observation: observation.clone(), hosts };
+        let hosts_configured = !app.config().envoy_admin_urls.is_empty();
+        let input = Input::Tick { observation: observation.clone(), hosts, hosts_configured };
         let actions = match next.handle(&input, now_unix_ms) {
             Ok(actions) => actions,
             Err(rejection) => {

@@ -177,6 +177,10 @@ pub enum Input {
     Tick {
         observation: Option<Observation>,
         hosts: Option<HostCounts>,
+        /// Whether host health is configured at all. Configured but unknown
+        /// (not read yet, or the reading went stale) is not a pass: a
+        /// blue-green switch waits for a real reading.
+        hosts_configured: bool,
     },
     Command {
         actor: String,
@@ -325,7 +329,9 @@ impl Rollout {
     pub fn handle(&mut self, input: &Input, now_unix_ms: u64) -> Result<Vec<Action>, Rejection> {
         let mut actions = Vec::new();
         match input {
-            Input::Tick { observation, hosts } => self.on_tick(observation.as_ref(), *hosts, now_unix_ms, &mut actions),
+            Input::Tick { observation, hosts, hosts_configured } => {
+                self.on_tick(observation.as_ref(), *hosts, *hosts_configured, now_unix_ms, &mut actions)
+            }
             Input::Command { actor, reason, command } => {
                 self.check(*command)?;
                 self.on_command(actor, reason.as_deref(), *command, now_unix_ms, &mut actions);
@@ -568,6 +574,7 @@ impl Rollout {
         &mut self,
         observation: Option<&Observation>,
         hosts: Option<HostCounts>,
+        hosts_configured: bool,
         now_unix_ms: u64,
         actions: &mut Vec<Action>,
     ) {
@@ -621,9 +628,13 @@ impl Rollout {
                 self.decide(actions, now_unix_ms, AUTO_ACTOR, "promote", Some(from), reason, evidence);
             }
             Some(Step::PreChecks { until_approved, timeout_ms }) => {
-                let hosts_ok = hosts.is_none_or(|hosts| hosts.total > 0 && hosts.healthy == hosts.total);
+                let hosts_ok = match hosts {
+                    Some(hosts) => hosts.total > 0 && hosts.healthy == hosts.total,
+                    None => !hosts_configured,
+                };
                 let hosts_text = match hosts {
                     Some(hosts) => format!("{} of {} canary hosts healthy", hosts.healthy, hosts.total),
+                    None if hosts_configured => "canary host health not read from Envoy".to_owned(),
                     None => "host health not configured".to_owned(),
                 };
                 if hosts_ok && (!until_approved || self.approved) {

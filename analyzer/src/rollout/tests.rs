@@ -69,7 +69,9 @@ fn tick_with_hosts(
     observation: Option<Observation>,
     hosts: Option<HostCounts>,
 ) -> Vec<Action> {
-    rollout.handle(&Input::Tick { observation, hosts }, at(seconds)).expect("ticks are never refused")
+    // A test that passes no host counts means host health is not configured.
+    let hosts_configured = hosts.is_some();
+    rollout.handle(&Input::Tick { observation, hosts, hosts_configured }, at(seconds)).expect("ticks are never refused")
 }
 
 fn command(rollout: &mut Rollout, seconds: u64, command: Command) -> Result<Vec<Action>, Rejection> {
@@ -435,6 +437,23 @@ fn blue_green_switches_in_one_change_once_hosts_are_healthy_then_watches() {
     let actions = tick(&mut rollout, 42, insufficient());
     assert_eq!(position(&rollout), (Phase::Promoted, 10_000, 3));
     assert!(weights(&actions).iter().all(|weight| *weight == 10_000));
+}
+
+#[test]
+fn blue_green_waits_while_configured_host_health_is_not_read_yet() {
+    // The first tick can come before the first poll of Envoy's /clusters:
+    // unknown is not healthy when host health is configured.
+    let (mut rollout, _) = started("canaryVersion: v2\nstrategy: blueGreen\npreChecks: {timeout: 1m}");
+    let unknown = Input::Tick { observation: None, hosts: None, hosts_configured: true };
+    assert!(rollout.handle(&unknown, at(1)).expect("ticks are never refused").is_empty());
+    assert_eq!(position(&rollout), (Phase::Progressing, 0, 0));
+    let actions = tick_with_hosts(&mut rollout, 2, None, Some(HostCounts { healthy: 1, total: 1 }));
+    assert_eq!(weights(&actions), [10_000]);
+    // Still unknown when the pre-check times out: failed at 0%, saying why.
+    let (mut rollout, _) = started("canaryVersion: v2\nstrategy: blueGreen\npreChecks: {timeout: 5s}");
+    rollout.handle(&unknown, at(10)).expect("ticks are never refused");
+    assert_eq!(position(&rollout), (Phase::Failed, 0, 0));
+    assert!(rollout.decisions.last().is_some_and(|d| d.reason.contains("not read from Envoy")));
 }
 
 #[test]

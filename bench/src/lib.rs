@@ -20,4 +20,5 @@ pub mod analyzer_log;
 pub mod machine;
 pub mod propagation;
 pub mod quantiles;
+pub mod report;
 pub mod results;

@@ -1,0 +1,63 @@
+//! Variant (c) of the overhead benchmark: the floor for any wasm splitter.
+//! One SplitMix64 draw and one route-header write per request, 10% canary,
+//! fixed: no configuration, no counting, no latency, no reporting. What the
+//! canary filter costs over this is the price of its measurements.
+
+use std::cell::Cell;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+
+/// Canary share in basis points, as the canary filter counts it.
+const CANARY_BP: u64 = 1_000;
+
+thread_local! {
+    static STATE: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+}
+
+/// SplitMix64, the generator the canary filter uses, so both variants pay
+/// the same for their randomness.
+fn splitmix64() -> u64 {
+    STATE.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> { Box::new(SplitRoot) });
+}}
+
+struct SplitRoot;
+
+impl Context for SplitRoot {}
+
+impl RootContext for SplitRoot {
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(SplitRequest))
+    }
+}
+
+struct SplitRequest;
+
+impl Context for SplitRequest {}
+
+impl HttpContext for SplitRequest {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let bucket = ((splitmix64() >> 32) * 10_000) >> 32;
+        let version = if bucket < CANARY_BP { "canary" } else { "stable" };
+        // The hostcall, as the canary filter does: the trait helper would
+        // trap the VM on a host error.
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "x-canary-version", Some(version));
+        Action::Continue
+    }
+}

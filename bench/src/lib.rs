@@ -18,7 +18,9 @@
 
 pub mod analyzer_log;
 pub mod machine;
+pub mod plots;
 pub mod propagation;
 pub mod quantiles;
 pub mod report;
 pub mod results;
+pub mod summary;

@@ -8,10 +8,10 @@
 
 use std::io::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which side of the limit meets the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Bound {
     /// The measured value must be at most the limit (costs, latencies).
@@ -21,7 +21,7 @@ pub enum Bound {
 }
 
 /// One target of the issue, and what was measured against it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Verdict {
     /// Benchmark name, e.g. `overhead`.
     pub benchmark: String,

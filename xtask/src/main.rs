@@ -13,6 +13,7 @@
 //! Progress goes to stderr; stdout is reserved for answers that scripts read
 //! (`cargo xtask envoy-path`).
 
+mod bench;
 mod cmd;
 mod digest;
 mod install;
@@ -37,6 +38,10 @@ commands:
   simulate [ARGS]
                run the analysis validation simulation (release build of canary-simulate ARGS;
                `-- --help` lists them) and print its table (docs/statistics.md)
+  bench [--smoke] [NAME...]
+               build (release) and run the benchmarks (overhead, propagation, detection, scale,
+               footprint; default all), writing bench/results/<date>-<host>/ and summary.md;
+               --smoke: seconds each, debug builds, results under target/ (bench/README.md)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:
@@ -83,6 +88,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         }
         "demo" => return tasks::demo(&paths, rest),
         "simulate" => return tasks::simulate(&paths, rest),
+        "bench" => return bench::bench(&paths, rest),
         "envoy-path" => {
             no_extra_args()?;
             println!("{}", install::envoy(&paths)?.display());

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::install::{self, Tools};
 use crate::pipeline::Pipeline;
-use crate::{Paths, cmd};
+use crate::{Paths, bench, cmd};
 
 /// Environment variables through which the integration tests and the demo
 /// find the artifacts, all absolute paths.
@@ -22,7 +22,7 @@ pub fn build(paths: &Paths) -> Result<()> {
 }
 
 /// The filter as Envoy loads it: release profile (LTO, `panic = "abort"`).
-fn build_filter(paths: &Paths) -> Result<()> {
+pub fn build_filter(paths: &Paths) -> Result<()> {
     cmd::run(cargo(paths).args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"]))?;
     let wasm = paths.filter_wasm();
     let bytes =
@@ -43,13 +43,16 @@ const CLIPPY_HOST: &str = "clippy (host)";
 const CLIPPY_WASM: &str = "clippy (wasm32-wasip1)";
 const TEST_HOST: &str = "test (host, with Envoy)";
 const TEST_WASM: &str = "test protocol (wasm32, Node)";
+const BENCH_SMOKE: &str = "bench smoke";
 
 /// Clippy warnings fail CI.
 const DENY: [&str; 3] = ["--", "-D", "warnings"];
 
 pub fn test(paths: &Paths) -> Result<()> {
-    let mut pipeline =
-        Pipeline::new("xtask test", &[INSTALL, FMT, BUILD, CLIPPY_HOST, CLIPPY_WASM, TEST_HOST, TEST_WASM]);
+    let mut pipeline = Pipeline::new(
+        "xtask test",
+        &[INSTALL, FMT, BUILD, CLIPPY_HOST, CLIPPY_WASM, TEST_HOST, TEST_WASM, BENCH_SMOKE],
+    );
     let result = test_steps(paths, &mut pipeline);
     eprintln!("{}", pipeline.summary());
     result
@@ -65,6 +68,7 @@ fn test_steps(paths: &Paths, pipeline: &mut Pipeline) -> Result<()> {
         cmd::run(
             cargo(paths)
                 .args(["clippy", "-p", "canary-filter", "-p", "canary-protocol", "--target", "wasm32-wasip1"])
+                .args(bench::WASM_FLOORS)
                 .args(["--all-targets"])
                 .args(DENY),
         )
@@ -79,6 +83,18 @@ fn test_steps(paths: &Paths, pipeline: &mut Pipeline) -> Result<()> {
             anyhow::anyhow!("wasm-bindgen-test-runner is not installed (no wasm-bindgen in Cargo.lock?)")
         })?;
         wasm_tests(paths, runner, tools.node_dir.as_deref())
+    })?;
+    // Seconds per benchmark: proves the harness still runs against the real
+    // stack. The verdicts are printed, never enforced (benchmarks are not
+    // timed tests).
+    pipeline.step(BENCH_SMOKE, || {
+        bench::build_wasm_floors(paths)?;
+        cmd::run(cargo(paths).args(["build", "-p", "canary-bench", "--bins"]))?;
+        let args = bench::BenchArgs::parse(&["--smoke".to_owned()])?;
+        match bench::run(paths, &tools, &args)? {
+            code if code == ExitCode::SUCCESS => Ok(()),
+            _ => bail!("a benchmark smoke run failed (see above)"),
+        }
     })?;
     Ok(())
 }
@@ -179,7 +195,7 @@ pub fn artifact_env(paths: &Paths, tools: &Tools) -> Vec<(&'static str, PathBuf)
 
 /// `cargo` as found on PATH (the rustup proxy, so `rust-toolchain.toml`
 /// applies), run from the workspace root.
-fn cargo(paths: &Paths) -> Command {
+pub fn cargo(paths: &Paths) -> Command {
     let mut cargo = Command::new("cargo");
     cargo.current_dir(&paths.root);
     cargo

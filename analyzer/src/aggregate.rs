@@ -186,6 +186,28 @@ impl Aggregate {
         Some(self.weights)
     }
 
+    /// At startup, takes the weights file's record when it is newer than the
+    /// weights restored from the state file: a weight change is durable in
+    /// the weights file before the state file catches up. Newer means a
+    /// higher version, or the same version and a lower canary weight (the
+    /// two records of one version can only differ if one was damaged or
+    /// edited; the weights file's is checksummed, and the lower weight is the
+    /// safe one). The since-change aggregate restarts, as
+    /// [`Aggregate::change_weight`] restarted it: reports counted after the
+    /// change were never acknowledged from a state file that predates it, so
+    /// their filters send them again. Returns whether the record was taken.
+    pub fn adopt_newer_weights(&mut self, record: WeightsRecord) -> bool {
+        let current = self.weights.weights;
+        let newer = record.weights.weights_version > current.weights_version
+            || (record.weights.weights_version == current.weights_version
+                && record.weights.canary_weight.bp() < current.canary_weight.bp());
+        if newer {
+            self.weights = record;
+            self.since_weights_change = Default::default();
+        }
+        newer
+    }
+
     /// Folds one decoded report in (see the module docs for the rules).
     pub fn ingest(&mut self, report: &Report, now_unix_ms: u64) -> IngestOutcome {
         self.prune(now_unix_ms);

@@ -222,6 +222,36 @@ fn since_change_counts_only_traffic_under_the_current_weights() {
 }
 
 #[test]
+fn newer_weights_from_the_weights_file_win_at_startup_and_restart_the_comparison() {
+    let record = |weights_version, bp| WeightsRecord {
+        weights: Weights { weights_version, canary_weight: CanaryWeight::from_bp(bp).expect("valid") },
+        changed_at_unix_ms: T0_MS + weights_version,
+    };
+    let restored = || {
+        let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
+        aggregate.change_weight(CanaryWeight::from_bp(1_000).expect("valid"), T0_MS + 2);
+        aggregate.ingest(&report("envoy", 1, 1, 2, &ok_stable(5)), T0_MS + 3);
+        assert_eq!((aggregate.weights(), aggregate.since_weights_change()[0].requests), (record(2, 1_000), 5));
+        aggregate
+    };
+    // (weights file's record, taken?, weights after, since-change requests after)
+    let table = [
+        (record(3, 0), true, record(3, 0), 0), // a rollback the state file has not caught up with
+        (record(2, 1_000), false, record(2, 1_000), 5), // the same change: nothing to do
+        (record(1, 0), false, record(2, 1_000), 5), // the state file is ahead
+        (record(2, 0), true, record(2, 0), 0), // same version, lower weight: the safe one
+        (record(2, 2_000), false, record(2, 1_000), 5), // same version, higher weight: never
+    ];
+    for (file_record, taken, weights, since) in table {
+        let mut aggregate = restored();
+        assert_eq!(aggregate.adopt_newer_weights(file_record), taken, "{file_record:?}");
+        assert_eq!(aggregate.weights(), weights, "{file_record:?}");
+        assert_eq!(aggregate.since_weights_change()[0].requests, since, "{file_record:?}");
+        assert_eq!(aggregate.totals()[0].requests, 5, "totals never change: {file_record:?}");
+    }
+}
+
+#[test]
 fn convergence_and_liveness_table() {
     // (worker, applied version, last seen ms before now)
     let workers: &[(u64, u64, u64)] = &[

@@ -503,6 +503,97 @@ async fn a_restart_keeps_weights_totals_and_the_dedupe_table() {
     assert_eq!(*total_requests(&second.rollout().await, "stable"), 10);
 }
 
+fn saved_weights_version(state_dir: &std::path::Path) -> Value {
+    let saved = std::fs::read(state_dir.join(crate::store::STATE_FILE_NAME)).expect("state file");
+    serde_json::from_slice::<Value>(&saved).expect("json")["weights"]["weights_version"].clone()
+}
+
+// Multi-threaded, as the analyzer runs: the weights file is written in
+// place there (the other tests' runtimes use the blocking pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_change_does_not_wait_for_the_state_file_and_survives_a_restart() {
+    let first = Harness::new();
+    // Counts under version 1, durable in the state file (the ack waits).
+    first.sync(report(5, 1, 1, 0, 4, false)).await;
+    let state_dir = first.dir.path().join("state");
+    assert_eq!(saved_weights_version(&state_dir), 1);
+    // From now on every state file write fails: its temporary file cannot be
+    // created. A change that waited for it would answer 503 after 5 s.
+    let obstacle = state_dir.join(format!("{}.tmp", crate::store::STATE_FILE_NAME));
+    std::fs::create_dir(&obstacle).expect("mkdir");
+
+    let started = Instant::now();
+    let (status, body) = first.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 25}"#).await;
+    assert_eq!((status, &body["weights_version"]), (StatusCode::OK, &json!(2)), "{body}");
+    assert!(
+        started.elapsed() < crate::state::DURABILITY_TIMEOUT / 2,
+        "answered without the state file: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.state.weights().weights.weights_version, 2, "published");
+    assert_eq!(saved_weights_version(&state_dir), 1, "the state file is behind");
+    let before = first.rollout().await;
+    assert_eq!(before["versions"]["stable"]["since_weights_change"]["requests"], 0);
+    // As after `kill -9`: no shutdown.
+    let Harness { dir, state: _first_state, app: _ } = first;
+
+    let second = Harness::open(dir, |_| {});
+    let after = second.rollout().await;
+    for pointer in ["/weights_version", "/canary_weight_bp", "/weights_changed_at_unix_ms", "/versions/stable/total"] {
+        assert_eq!(after.pointer(pointer), before.pointer(pointer), "{pointer}");
+    }
+    assert_eq!(
+        after["versions"]["stable"]["since_weights_change"]["requests"], 0,
+        "counts from before the change are not counted as after it"
+    );
+    // The state file catches up once it can be written again.
+    std::fs::remove_dir(&obstacle).expect("rmdir");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while saved_weights_version(&state_dir) != 2 {
+        assert!(Instant::now() < deadline, "the state file never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_torn_weights_record_at_restart_falls_back_to_the_previous_one() {
+    use crate::weights_file::{SLOT_SPACING_BYTES, WEIGHTS_FILE_NAME};
+
+    let first = Harness::new();
+    first.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 25}"#).await;
+    first.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 40}"#).await;
+    // Versions 1, 2, 3 went to slots 0, 1, 0. Tear version 3, as a crash in
+    // the middle of its write would (before it could be published).
+    let path = first.dir.path().join("state").join(WEIGHTS_FILE_NAME);
+    let mut content = std::fs::read(&path).expect("read");
+    assert_eq!(content.len(), 2 * SLOT_SPACING_BYTES);
+    content[10] ^= 0xFF;
+    std::fs::write(&path, content).expect("write");
+    let Harness { dir, state: _first_state, app: _ } = first;
+
+    let second = Harness::open(dir, |_| {});
+    let weights = second.state.weights().weights;
+    assert_eq!((weights.weights_version, weights.canary_weight.bp()), (2, 2_500), "the previous valid record");
+    // The next change is durable again, over the torn slot.
+    let (status, body) = second.json("POST", "/v1/rollout/rollback", "").await;
+    assert_eq!((status, &body["weights_version"]), (StatusCode::OK, &json!(3)), "{body}");
+    let Harness { dir, state: _second_state, app: _ } = second;
+    let third = Harness::open(dir, |_| {});
+    assert_eq!(third.state.weights().weights.weights_version, 3);
+    assert_eq!(third.state.weights().weights.canary_weight, CanaryWeight::ZERO);
+}
+
+#[tokio::test]
+async fn a_weights_file_without_a_valid_record_stops_startup() {
+    let first = Harness::new();
+    first.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 25}"#).await;
+    let path = first.dir.path().join("state").join(crate::weights_file::WEIGHTS_FILE_NAME);
+    std::fs::write(&path, vec![0xA5; crate::weights_file::FILE_BYTES]).expect("write");
+    let Harness { dir, state: _first_state, app: _ } = first;
+    let error = AppState::open(Config::with_state_dir(dir.path().join("state"))).expect_err("refuses to start");
+    assert!(error.to_string().contains("weights.bin"), "{error}");
+}
+
 #[tokio::test]
 async fn a_corrupt_state_file_stops_startup_naming_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,10 +4,10 @@
 //! worker send per-version counts and latency histograms over a long-poll
 //! (`POST /v1/filter/sync`); the analyzer deduplicates and aggregates them
 //! ([`aggregate`]), persists weights, totals and the deduplication table so
-//! that a `kill -9` loses nothing acknowledged ([`store`]), and answers each
-//! long-poll with the weights to apply, so a weight change or rollback
-//! reaches every worker within milliseconds. SREs read and steer it through a
-//! JSON API and Prometheus metrics ([`api`], [`metrics`]).
+//! that a `kill -9` loses nothing acknowledged ([`store`], [`weights_file`]),
+//! and answers each long-poll with the weights to apply, so a weight change
+//! or rollback reaches every worker within milliseconds. SREs read and steer
+//! it through a JSON API and Prometheus metrics ([`api`], [`metrics`]).
 //!
 //! The wire formats and the weight type come from `canary_protocol`; this
 //! crate only decides what to do with them.
@@ -19,6 +19,9 @@
 //!   convergence, and the `GET /v1/rollout` view.
 //! - [`store`]: the state file (atomic JSON writes) and the group-commit
 //!   generation counters.
+//! - [`weights_file`]: the weights, persisted apart in two checksummed
+//!   fixed-size slots (one `pwrite` + `fdatasync` per change), so a weight
+//!   change never waits for the state file; the record format is pure.
 //! - [`state`]: `AppState`, the shell around the aggregate: lock, published
 //!   weights (`ArcSwap` + `watch`), convergence notifications and the one
 //!   persister task.
@@ -47,6 +50,7 @@ pub mod notify;
 pub mod rollout;
 pub mod state;
 pub mod store;
+pub mod weights_file;
 
 pub use api::app;
 pub use config::{Cli, Config};

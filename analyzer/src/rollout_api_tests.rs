@@ -337,6 +337,12 @@ async fn history_lists_finished_rollouts_newest_first_and_survives_a_restart() {
     assert_eq!(restarted.rollout().await["rollout"]["phase"], "RolledBack");
 }
 
+/// The newest weights on disk, from the weights file.
+fn newest_weights(state_dir: &std::path::Path) -> canary_protocol::Weights {
+    let (_, record) = crate::weights_file::WeightsFile::open(state_dir).expect("readable").expect("a weights file");
+    record.weights
+}
+
 #[tokio::test]
 async fn a_rollback_recorded_before_a_crash_keeps_the_weight_at_zero_after_restart() {
     let harness = Harness::new();
@@ -344,15 +350,30 @@ async fn a_rollback_recorded_before_a_crash_keeps_the_weight_at_zero_after_resta
     harness.act("POST", "/v1/rollout/rollback", "").await;
     let Harness { dir, state: _first, app: _ } = harness;
     // As if kill -9 came after the decision was written but before the
-    // weight change reached the state file: put canary back at 10% there.
-    let state_path = dir.path().join("state").join(crate::store::STATE_FILE_NAME);
+    // weight change reached disk: put the weights back to the version
+    // before the rollback, at 10%, in both the state file and the weights
+    // file.
+    let state_dir = dir.path().join("state");
+    let state_path = state_dir.join(crate::store::STATE_FILE_NAME);
     let mut saved: Value = serde_json::from_slice(&std::fs::read(&state_path).expect("state file")).expect("json");
+    let rolled_back_version = newest_weights(&state_dir).weights_version;
+    let before_rollback = crate::aggregate::WeightsRecord {
+        weights: canary_protocol::Weights {
+            weights_version: rolled_back_version - 1,
+            canary_weight: CanaryWeight::from_bp(1_000).expect("valid"),
+        },
+        changed_at_unix_ms: 1,
+    };
+    saved["weights"]["weights_version"] = json!(before_rollback.weights.weights_version);
     saved["weights"]["canary_weight_bp"] = json!(1_000);
     std::fs::write(&state_path, serde_json::to_vec(&saved).expect("json")).expect("write");
+    crate::weights_file::WeightsFile::create(&state_dir, &before_rollback).expect("weights file");
 
     let restarted = Harness::open(dir, |_| {});
     assert_eq!(restarted.state.weights().weights.canary_weight, CanaryWeight::ZERO, "corrected before serving");
     assert_eq!(restarted.rollout().await["canary_weight_bp"], 0);
+    let on_disk = newest_weights(&restarted.dir.path().join("state"));
+    assert_eq!(on_disk, restarted.state.weights().weights, "the correction is durable before it is published");
 }
 
 #[tokio::test]

@@ -4,8 +4,15 @@
 //!
 //! Invariants:
 //! - The published weights (what sync responses carry) are always weights
-//!   that are on disk: only the persister publishes, right after a write. A
-//!   weight change is therefore durable before any filter can apply it.
+//!   that are on disk. A weight change is written to the weights file
+//!   ([`crate::weights_file`]: one `pwrite` + `fdatasync`, outside the
+//!   reports' group commit) and published right after; the persister also
+//!   publishes the weights of each state file it wrote, which only matters
+//!   when the weights file could not be written. Publishing never goes back
+//!   to an older version, whichever of the two gets there first. A weight
+//!   change is therefore durable before any filter can apply it.
+//! - At startup the newer of the two files' weights wins, and the weights
+//!   file is brought up to date before anything is published.
 //! - A sync is acknowledged only once its ingest is durable, so a `kill -9`
 //!   never loses acknowledged counts and never double counts a re-send.
 //! - The lock around the aggregate is a `std` mutex held for microseconds
@@ -29,6 +36,7 @@ use crate::http_client::HttpClient;
 use crate::metrics::{self, MetricsSnapshot, RejectReason, ReportCounters};
 use crate::notify::Notifier;
 use crate::store::{Durability, NotDurable, StateFile, Store, StoreError};
+use crate::weights_file::WeightsFile;
 
 /// Longest wait for the state to reach disk before a request gives up with
 /// 503. A filter then re-sends the same report, which is deduplicated.
@@ -67,8 +75,9 @@ pub struct WaitOutcome {
 
 impl AppState {
     /// Loads the state directory named in `config` and starts the persister.
-    /// Must be called within a Tokio runtime. A corrupt state file is an
-    /// error; a missing one means fresh state.
+    /// Must be called within a Tokio runtime. A corrupt state file, or a
+    /// weights file without a valid record, is an error; a missing state file
+    /// means fresh state (with the weights file's weights, if there is one).
     pub fn open(config: Config) -> Result<AppState, StoreError> {
         let store = Store::open(&config.state_dir)?;
         let settings = AggregateSettings {
@@ -80,22 +89,60 @@ impl AppState {
             Some(parts) => (Aggregate::restore(settings, now_unix_ms, parts), false),
             None => (Aggregate::new(settings, now_unix_ms), true),
         };
+        // A weight change reaches the weights file before the state file, so
+        // the weights file's record wins when it is newer.
+        let weights_file = WeightsFile::open(store.dir())?;
+        let from_weights_file = weights_file.as_ref().is_some_and(|(_, record)| aggregate.adopt_newer_weights(*record));
+        // The state file should catch up with what changed here; nothing
+        // waits for it.
+        let mut snapshot_behind = fresh || from_weights_file;
         let loaded = Loaded::read(store.dir())?;
         // The rollout file is the source of truth for the weight while a
         // rollout holds it (a crash may have come between recording a
         // rollback and persisting its weight): correct it before any filter
-        // can sync, and write it down before it is published.
+        // can sync, and write it down (below) before it is published.
         if let Some(wanted_bp) = loaded.enforced_weight_bp()
             && let Ok(wanted) = CanaryWeight::from_bp(u64::from(wanted_bp))
             && aggregate.change_weight(wanted, now_unix_ms).is_some()
         {
             tracing::warn!(canary_weight = %wanted, "weights corrected to the rollout's before serving");
-            store.save(&StateFile::capture(&aggregate))?;
+            snapshot_behind = true;
         }
         let weights = aggregate.weights();
+        // Whatever won, the weights file holds it before it is published:
+        // created on first start (or next to a state file of an older
+        // build), rewritten when the state file or the rollout was ahead.
+        let weights_file = match weights_file {
+            Some((mut file, record)) => {
+                if record != weights {
+                    file.write(&weights).map_err(|source| StoreError::WeightsIo {
+                        path: file.path().to_owned(),
+                        action: "cannot write it",
+                        source,
+                    })?;
+                }
+                file
+            }
+            None => {
+                if !fresh {
+                    // Expected once after an upgrade from a build without the
+                    // weights file, whose state file always held the newest
+                    // weights. Otherwise someone removed it, and the state
+                    // file's weights may be older than the filters' ones.
+                    tracing::warn!(
+                        weights_version = weights.weights.weights_version,
+                        canary_weight = %weights.weights.canary_weight,
+                        "no weights file next to the state file; created it from the state file's weights"
+                    );
+                }
+                WeightsFile::create(store.dir(), &weights)?
+            }
+        };
         tracing::info!(
             path = %store.path().display(),
+            weights_path = %weights_file.path().display(),
             fresh,
+            from_weights_file,
             weights_version = weights.weights.weights_version,
             canary_weight = %weights.weights.canary_weight,
             "state loaded"
@@ -109,6 +156,7 @@ impl AppState {
             controller,
             config,
             store,
+            weights_file: Arc::new(Mutex::new(weights_file)),
             core: Mutex::new(Core { aggregate, generation: 0 }),
             published: ArcSwap::from_pointee(weights),
             weights_version_tx: watch::Sender::new(weights.weights.weights_version),
@@ -119,9 +167,9 @@ impl AppState {
             reports: ReportCounters::default(),
             persister: Mutex::new(None),
         });
-        if fresh {
-            // Write the initial state at once, so that a restart finds the
-            // same weights version the filters were told.
+        if snapshot_behind {
+            // Write the state file at once: a fresh one, or one that lags
+            // the weights file.
             let generation = inner.bump_generation();
             inner.durability.request(generation);
         }
@@ -223,7 +271,12 @@ impl AppState {
 
     /// Sets the canary weight, waits until it is durable and published, and
     /// returns the weights in force. Changes are serialised so that versions
-    /// are handed out in order.
+    /// are handed out in order (and the weights file has one writer).
+    ///
+    /// The fast path writes the weights file and publishes; the state file
+    /// catches up with the next group commit and nothing waits for it. If
+    /// the weights file cannot be written, the change waits for the state
+    /// file instead, as every change did before the weights file existed.
     pub async fn set_canary_weight(&self, canary_weight: CanaryWeight) -> Result<WeightChange, NotDurable> {
         let _one_change_at_a_time = self.inner.weight_change.lock().await;
         let now_unix_ms = unix_now_ms();
@@ -231,11 +284,16 @@ impl AppState {
             let mut core = self.inner.lock_core();
             match core.aggregate.change_weight(canary_weight, now_unix_ms) {
                 Some(weights) => {
+                    // The state file must hold the new weights and the reset
+                    // since-change counts too, but the next report's commit
+                    // writes them: requesting a commit here would only put a
+                    // whole-state write on the disk next to this one.
                     core.generation += 1;
                     (weights, true, core.generation)
                 }
-                // Nothing new, but an earlier change may still be on its way
-                // to disk; wait for it so the answer is what filters get.
+                // Nothing new, but an earlier change may not be durable yet
+                // (its write failed); finish it so the answer is what
+                // filters get.
                 None => (core.aggregate.weights(), false, core.generation),
             }
         };
@@ -246,8 +304,17 @@ impl AppState {
                 "weights changed"
             );
         }
-        self.inner.durability.request(generation);
-        self.wait_durable(generation).await?;
+        if self.weights().weights.weights_version >= weights.weights.weights_version {
+            return Ok(WeightChange { weights, changed });
+        }
+        match self.inner.write_weights_file(weights).await {
+            Ok(()) => self.inner.publish(weights),
+            Err(error) => {
+                tracing::error!(%error, "cannot write the weights file; waiting for the state file instead");
+                self.inner.durability.request(generation);
+                self.wait_durable(generation).await?;
+            }
+        }
         Ok(WeightChange { weights, changed })
     }
 
@@ -347,6 +414,9 @@ struct Inner {
     controller: Controller,
     config: Config,
     store: Store,
+    /// Behind a `std` mutex because it is written from blocking code; only
+    /// weight changes, which `weight_change` serialises, take it.
+    weights_file: Arc<Mutex<WeightsFile>>,
     core: Mutex<Core>,
     /// Weights that are on disk and sent to filters.
     published: ArcSwap<WeightsRecord>,
@@ -399,17 +469,49 @@ impl Inner {
         Ok(())
     }
 
-    fn publish(&self, weights: WeightsRecord) {
-        if **self.published.load() == weights {
-            return;
+    /// Writes `weights` to the weights file: blocking work of about a
+    /// quarter of a millisecond on a local SSD. On the multi-threaded runtime
+    /// (the analyzer's) it runs in place, after handing this worker's other
+    /// tasks to another thread: the rollback waits for no thread hand-off,
+    /// which on a busy machine can cost a scheduling slice each way. Tests'
+    /// single-threaded runtimes cannot do that, so there it goes to the
+    /// blocking pool.
+    async fn write_weights_file(&self, weights: WeightsRecord) -> Result<(), String> {
+        let weights_file = Arc::clone(&self.weights_file);
+        let write = move || {
+            let mut file = weights_file.lock().unwrap_or_else(PoisonError::into_inner);
+            file.write(&weights).map_err(|error| format!("{}: {error}", file.path().display()))
+        };
+        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            return tokio::task::block_in_place(write);
         }
-        self.published.store(Arc::new(weights));
-        self.weights_version_tx.send_replace(weights.weights.weights_version);
-        tracing::info!(
-            weights_version = weights.weights.weights_version,
-            canary_weight = %weights.weights.canary_weight,
-            "weights published to filters"
-        );
+        match tokio::task::spawn_blocking(write).await {
+            Ok(result) => result,
+            Err(error) => Err(format!("weights writer task failed: {error}")),
+        }
+    }
+
+    /// Hands `weights` to filters, unless a newer version already went out:
+    /// the weight path and the persister both publish, in either order.
+    fn publish(&self, weights: WeightsRecord) {
+        let version = weights.weights.weights_version;
+        // The watch's lock orders concurrent publishers; the long-polls read
+        // `published` after the version they wait for has changed.
+        let newer = self.weights_version_tx.send_if_modified(|published_version| {
+            if version <= *published_version {
+                return false;
+            }
+            self.published.store(Arc::new(weights));
+            *published_version = version;
+            true
+        });
+        if newer {
+            tracing::info!(
+                weights_version = version,
+                canary_weight = %weights.weights.canary_weight,
+                "weights published to filters"
+            );
+        }
     }
 }
 

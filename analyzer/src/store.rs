@@ -5,6 +5,9 @@
 //! the worker table that deduplicates re-sent reports. It is JSON so that an
 //! operator can read it in an incident; at a few hundred kilobytes at worst
 //! it serialises in well under a millisecond, far below the cost of the fsync.
+//! Its weights may lag: a weight change is made durable in the weights file
+//! ([`crate::weights_file`]) without waiting for this one, which catches up
+//! with the next group commit, and at startup the newer of the two wins.
 //!
 //! Writes are atomic: the new state goes to a temporary file that is fsynced,
 //! renamed over the old one, and then the directory is fsynced so the rename
@@ -46,6 +49,13 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("state file {path}: cannot write it: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("weights file {path}: {action}: {source}")]
+    WeightsIo { path: PathBuf, action: &'static str, source: std::io::Error },
+    #[error(
+        "weights file {path}: corrupt: {message} (move it away to fall back to the weights in {STATE_FILE_NAME}, \
+         which may be older: check the canary weight before sending traffic)"
+    )]
+    WeightsCorrupt { path: PathBuf, message: String },
 }
 
 /// The state directory and its file.

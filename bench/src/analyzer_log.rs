@@ -2,13 +2,14 @@
 //! its parts.
 //!
 //! The analyzer logs `weights changed` when a weight change is accepted and
-//! `weights published to filters` once the new version is on disk (written,
-//! fsynced, renamed) and handed to the held filter syncs. The gap between the
-//! two lines of one `weights_version` is the persistence part of
-//! `propagation_ms`; the rest is the push to the filter VMs and their
-//! confirmations. The log is the analyzer's, not an API, so this is best
-//! effort: lines it does not recognise are skipped, and a version without
-//! both lines simply has no entry.
+//! `weights published to filters` once the new version is on disk (its slot
+//! of the weights file written and fdatasynced; before that file existed,
+//! the whole state file replaced) and handed to the held filter syncs. The
+//! gap between the two lines of one `weights_version` is the persistence
+//! part of `propagation_ms`; the rest is the push to the filter VMs and
+//! their confirmations. The log is the analyzer's, not an API, so this is
+//! best effort: lines it does not recognise are skipped, and a version
+//! without both lines simply has no entry.
 
 use std::collections::BTreeMap;
 

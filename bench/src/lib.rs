@@ -17,10 +17,15 @@
 //! files ([`results`]).
 
 pub mod analyzer_log;
+pub mod detection;
+pub mod footprint;
+pub mod loadgen;
 pub mod machine;
+pub mod overhead;
 pub mod plots;
 pub mod propagation;
 pub mod quantiles;
 pub mod report;
 pub mod results;
+pub mod scale;
 pub mod summary;

@@ -104,7 +104,7 @@ impl Artifacts {
 }
 
 impl Artifact {
-    fn at(path: &Path) -> Self {
+    pub fn at(path: &Path) -> Self {
         let metadata = std::fs::metadata(path).ok();
         Self {
             path: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),

@@ -22,8 +22,9 @@ pub const BENCHMARKS: [&str; 5] = ["overhead", "propagation", "detection", "scal
 pub struct Section {
     pub benchmark: String,
     pub verdicts: Vec<Verdict>,
-    /// `machine`, `artifacts`, `command_line` of its run, as written.
-    pub context: Option<Value>,
+    /// The whole result: every benchmark flattens its run context (machine,
+    /// artifacts, command line) into the top level.
+    pub result: Value,
 }
 
 /// Reads the verdicts of every benchmark present in `dir`.
@@ -42,7 +43,7 @@ pub fn collect(dir: &Path) -> anyhow::Result<Vec<Section>> {
                 .with_context(|| format!("reading the verdicts of {}", path.display()))?,
             None => Vec::new(),
         };
-        sections.push(Section { benchmark: benchmark.to_owned(), verdicts, context: json.get("context").cloned() });
+        sections.push(Section { benchmark: benchmark.to_owned(), verdicts, result: json });
     }
     Ok(sections)
 }
@@ -52,7 +53,8 @@ pub fn markdown(dir: &Path, sections: &[Section]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmark summary\n");
     let _ = writeln!(out, "Results directory: `{}`.\n", display_dir(dir));
-    if let Some(context) = sections.iter().find_map(|section| section.context.as_ref()) {
+    if let Some(context) = sections.iter().map(|section| &section.result).find(|result| result.get("machine").is_some())
+    {
         let text = |pointer: &str| context.pointer(pointer).map(value_text).unwrap_or_else(|| "unknown".to_owned());
         let _ = writeln!(
             out,
@@ -135,10 +137,10 @@ mod tests {
         let met =
             Verdict::new("overhead", "(d)/(c) CPU per request", 1.03, Bound::AtMost, 1.05, "×").with_range(1.01, 1.06);
         let missed = Verdict::new("scale", "reports/s on one core", 40_000.0, Bound::AtLeast, 50_000.0, " /s");
-        let context = serde_json::json!({"machine": {"cpu_model": "Test CPU", "cores_available": 2}});
+        let machine = serde_json::json!({"cpu_model": "Test CPU", "cores_available": 2});
         std::fs::write(
             dir.path().join("overhead.json"),
-            serde_json::to_string(&serde_json::json!({"verdicts": [met], "context": context}))?,
+            serde_json::to_string(&serde_json::json!({"verdicts": [met], "machine": machine}))?,
         )?;
         std::fs::write(
             dir.path().join("scale.json"),

@@ -37,11 +37,83 @@ pub struct BootstrapParams {
     pub route_header: String,
 }
 
+/// How a bootstrap splits traffic. The tests and the demo only use
+/// [`BootstrapShape::HeaderRoute`] (what [`render_bootstrap`] renders); the
+/// benchmarks compare it with Envoy's native split on the same skeleton
+/// (listener, early header mutation, clusters, router), so that only the
+/// route and the wasm filter differ between the variants they measure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BootstrapShape {
+    /// The contract's shape: the wasm filter (`params.filter_wasm` with
+    /// `params.filter_configuration`) sets the route header, and the route
+    /// table sends `canary` to the canary cluster, anything else to stable.
+    #[default]
+    HeaderRoute,
+    /// No wasm filter: one route with `weighted_clusters`, `canary_percent`
+    /// to canary and the rest to stable (what Istio programs for a
+    /// weight-based split). `filter_wasm` and `filter_configuration` are
+    /// ignored.
+    WeightedClusters { canary_percent: u32 },
+}
+
 /// Renders the Envoy bootstrap YAML.
 pub fn render_bootstrap(params: &BootstrapParams) -> String {
+    render_bootstrap_shaped(params, BootstrapShape::HeaderRoute)
+}
+
+/// Renders the Envoy bootstrap YAML with the given split; see
+/// [`BootstrapShape`].
+pub fn render_bootstrap_shaped(params: &BootstrapParams, shape: BootstrapShape) -> String {
     // JSON string literals are valid YAML double-quoted scalars, so this
     // quotes arbitrary configuration text and paths safely.
     let quote = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
+    let routes_and_filters = match shape {
+        BootstrapShape::HeaderRoute => format!(
+            r#"              # Only an explicit header value selects canary; the default
+              # route is stable, so a missing or failed filter means stable.
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: {route_header}
+                    string_match: {{ exact: canary }}
+                route: {{ cluster: canary }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: stable }}
+          http_filters:
+          - name: canary_split
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: canary_split
+                root_id: canary_split
+                failure_policy: FAIL_OPEN
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {configuration}
+                vm_config:
+                  vm_id: canary_split
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: {wasm}
+"#,
+            route_header = quote(&params.route_header),
+            configuration = quote(&params.filter_configuration),
+            wasm = quote(&params.filter_wasm.display().to_string()),
+        ),
+        BootstrapShape::WeightedClusters { canary_percent } => format!(
+            r#"              - match: {{ prefix: "/" }}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {{ name: stable, weight: {stable_percent} }}
+                    - {{ name: canary, weight: {canary_percent} }}
+          http_filters:
+"#,
+            stable_percent = 100u32.saturating_sub(canary_percent),
+            canary_percent = canary_percent.min(100),
+        ),
+    };
     let cluster = |name: &str, address: SocketAddr, connect_timeout: &str| {
         format!(
             r#"  - name: {name}
@@ -92,44 +164,16 @@ static_resources:
             - name: app
               domains: ["*"]
               routes:
-              # Only an explicit header value selects canary; the default
-              # route is stable, so a missing or failed filter means stable.
-              - match:
-                  prefix: "/"
-                  headers:
-                  - name: {route_header}
-                    string_match: {{ exact: canary }}
-                route: {{ cluster: canary }}
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: stable }}
-          http_filters:
-          - name: canary_split
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: canary_split
-                root_id: canary_split
-                failure_policy: FAIL_OPEN
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: {configuration}
-                vm_config:
-                  vm_id: canary_split
-                  runtime: envoy.wasm.runtime.v8
-                  code:
-                    local:
-                      filename: {wasm}
-          - name: envoy.filters.http.router
+{routes_and_filters}          - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
 {stable}{canary}{analyzer}"#,
+        routes_and_filters = routes_and_filters,
         node_id = quote(&params.node_id),
         admin_port = params.admin_port,
         listener_port = params.listener_port,
         route_header = quote(&params.route_header),
-        configuration = quote(&params.filter_configuration),
-        wasm = quote(&params.filter_wasm.display().to_string()),
         stable = cluster("stable", params.stable, "1s"),
         canary = cluster("canary", params.canary, "1s"),
         // A dead analyzer must fail the sync fast, not hold a worker's slot.
@@ -288,6 +332,33 @@ pub fn prometheus_value(text: &str, name_suffix: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_clusters_shape_keeps_the_skeleton_and_drops_the_filter() {
+        let params = BootstrapParams {
+            node_id: "bench".to_owned(),
+            listener_port: 0,
+            admin_port: 0,
+            stable: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            canary: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            analyzer: SocketAddr::from(([127, 0, 0, 1], 9190)),
+            filter_configuration: "{}".to_owned(),
+            filter_wasm: PathBuf::from("/nowhere/filter.wasm"),
+            route_header: "x-canary-version".to_owned(),
+        };
+        let header_route = render_bootstrap(&params);
+        assert_eq!(header_route, render_bootstrap_shaped(&params, BootstrapShape::default()));
+        let native = render_bootstrap_shaped(&params, BootstrapShape::WeightedClusters { canary_percent: 10 });
+        assert!(native.contains("- { name: stable, weight: 90 }\n"), "{native}");
+        assert!(native.contains("- { name: canary, weight: 10 }\n"), "{native}");
+        assert!(!native.contains("wasm"), "{native}");
+        // Same cost for every variant: the early header mutation and the
+        // router stay.
+        for text in [&header_route, &native] {
+            assert!(text.contains("- remove: \"x-canary-version\""), "{text}");
+            assert!(text.contains("envoy.filters.http.router"), "{text}");
+        }
+    }
 
     #[test]
     fn prometheus_lookup() {

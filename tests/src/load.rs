@@ -122,6 +122,12 @@ pub struct Outcome {
     pub status: Option<u16>,
     /// The `x-served-by` response header: the backend that served it.
     pub served_by: Option<String>,
+    /// When the request was handed to its connection, once the connection
+    /// was ready; `None` when no connection could be opened for it.
+    pub sent_at: Option<Instant>,
+    /// When the rate schedule wanted it sent (`sent_at` minus this is how
+    /// late it went out); `None` without a rate.
+    pub due_at: Option<Instant>,
 }
 
 /// What a run did.
@@ -208,26 +214,30 @@ async fn worker(
         if index >= load.total_requests {
             break;
         }
+        let mut due_at = None;
         if let Some(rate_per_second) = load.rate_per_second {
             let due = started + Duration::from_secs_f64(index as f64 / rate_per_second);
             if due >= deadline {
                 break;
             }
+            due_at = Some(due);
             tokio::time::sleep_until(due.into()).await;
         }
         report.sent += 1;
-        let result = tokio::time::timeout(REQUEST_TIMEOUT, send_one(target, &load, index, &mut sender)).await;
+        let mut sent_at = None;
+        let result =
+            tokio::time::timeout(REQUEST_TIMEOUT, send_one(target, &load, index, &mut sender, &mut sent_at)).await;
         let outcome = match result {
             Ok(Ok((status, served_by))) => {
                 *report.status.entry(status).or_default() += 1;
                 *report.served_by.entry(served_by.clone().unwrap_or_else(|| "none".to_owned())).or_default() += 1;
-                Outcome { index, status: Some(status), served_by }
+                Outcome { index, status: Some(status), served_by, sent_at, due_at }
             }
             Ok(Err(error)) => {
                 sender = None;
                 report.transport_errors += 1;
                 report.first_error.get_or_insert_with(|| format!("request {index}: {error:#}"));
-                Outcome { index, status: None, served_by: None }
+                Outcome { index, status: None, served_by: None, sent_at, due_at }
             }
             Err(_) => {
                 sender = None;
@@ -235,7 +245,7 @@ async fn worker(
                 report
                     .first_error
                     .get_or_insert_with(|| format!("request {index}: timed out after {REQUEST_TIMEOUT:?}"));
-                Outcome { index, status: None, served_by: None }
+                Outcome { index, status: None, served_by: None, sent_at, due_at }
             }
         };
         if load.record_each {
@@ -245,12 +255,14 @@ async fn worker(
     report
 }
 
-/// Sends request `index` on the task's connection, opening one if needed.
+/// Sends request `index` on the task's connection, opening one if needed,
+/// and notes in `sent_at` when it was handed to the connection.
 async fn send_one(
     target: SocketAddr,
     load: &Load,
     index: u64,
     sender: &mut Option<SendRequest<Full<Bytes>>>,
+    sent_at: &mut Option<Instant>,
 ) -> anyhow::Result<(u16, Option<String>)> {
     // A connection Envoy closed is replaced before the request is written,
     // so no request is lost or sent twice because of it.
@@ -271,7 +283,9 @@ async fn send_one(
             request = request.header(name, value);
         }
     }
-    let response = open.send_request(request.body(Full::new(Bytes::new()))?).await?;
+    let request = request.body(Full::new(Bytes::new()))?;
+    *sent_at = Some(Instant::now());
+    let response = open.send_request(request).await?;
     let status = response.status().as_u16();
     let served_by = response.headers().get("x-served-by").and_then(|value| value.to_str().ok()).map(str::to_owned);
     // Drain the body so the connection can carry the next request.

@@ -1,0 +1,1377 @@
+//! How many proxies one analyzer can serve: simulated filter workers report
+//! through the real `POST /v1/filter/sync` path of a real analyzer process
+//! (issue 4, part 4), and the analyzer's footprint idle and under them
+//! (part 5).
+//!
+//! Setup: the analyzer runs pinned to core 0 (`taskset -c 0`), so "per core"
+//! means one core; this benchmark, with every simulated worker on one
+//! `current_thread` runtime, is pinned to core 1 (see [`proc`] for why
+//! through `taskset`). The open-files limit is raised for 40k connections on
+//! each side, and the workers' connections come from 127.0.0.2–.9 so that
+//! ephemeral ports do not run out. The workers behave like the filter's (see
+//! [`driver`]).
+//!
+//! Phases, each on a fresh analyzer with its own state directory:
+//! 1. **At 1 Hz**, for each proxy count (default 1,000, 4,000 and 10,000 ×
+//!    4 workers): the analyzer's idle RSS and CPU, a ramp that connects every
+//!    worker with its phase spread over the interval, a warm-up, then a
+//!    measured window: reports/s, ingest latency, analyzer CPU (per report
+//!    and utilisation, from schedstat), RSS, bytes written to storage and the
+//!    state file's size; then `GET /v1/rollout` timed under that load.
+//! 2. **Saturation**: workers that send the next report as soon as the
+//!    previous one is acknowledged (`max_hold_ms` 0), added in steps until
+//!    reports/s stops growing. Reports per second per analyzer core is the
+//!    best step's rate over the analyzer's utilisation; below 95% the
+//!    analyzer was not the bottleneck and the figure is an extrapolation,
+//!    which the results say.
+//! 3. **Memory**: a least-squares line through the idle RSS (0 workers) and
+//!    the RSS at each size; its slope is the bytes per worker (worker table
+//!    entry, connection and buffers), its R² and residuals say how linear.
+
+#[path = "scale_driver.rs"]
+pub mod driver;
+#[path = "scale_proc.rs"]
+pub mod proc;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use canary_protocol::LatencyHistogram;
+use canary_tests::envoy::prometheus_value;
+use serde::Serialize;
+
+use self::driver::{Driver, SOURCE_IPS, SyncSettings, WindowStats};
+use self::proc::{AnalyzerProcess, CpuDelta, OpenFilesLimit, ProcSample};
+use crate::machine;
+use crate::report::{Bound, Verdict, progress, progress_done};
+use crate::results::RunContext;
+
+const BENCHMARK: &str = "scale";
+/// The analyzer's core, and this benchmark's.
+pub const ANALYZER_CPU: usize = 0;
+pub const DRIVER_CPU: usize = 1;
+/// The filter token the analyzer is configured with; the workers send it as
+/// the filter does, so the bearer check is part of the measured path.
+const FILTER_TOKEN: &str = "scale-bench-token";
+/// Open files on top of one per worker: the runtime, logs, `/proc` reads.
+const OPEN_FILES_MARGIN: u64 = 1_024;
+/// New connections per second during a ramp; the ramp lasts a whole number
+/// of report intervals, so the workers' phases stay evenly spread.
+const RAMP_CONNECTS_PER_SECOND: f64 = 10_000.0;
+/// How long the ramp may overrun before the phase goes on without the
+/// workers that never got an answer (they are counted).
+const RAMP_PATIENCE: Duration = Duration::from_secs(20);
+/// Settling time of a fresh analyzer before its idle reading, and the
+/// length of that reading.
+const IDLE_SETTLE: Duration = Duration::from_millis(500);
+const IDLE_READING: Duration = Duration::from_secs(1);
+/// Upper bound of the `GET /v1/rollout` calls of one size, to bound the load.
+const ROLLOUT_GETS_BOUND: Duration = Duration::from_secs(60);
+/// Saturation: a step whose rate is less than this times the previous one's
+/// means reports/s stopped growing.
+const SATURATION_GROWTH: f64 = 1.10;
+/// The ramp of each saturation step.
+const SATURATION_RAMP: Duration = Duration::from_millis(200);
+/// Utilisation above which the analyzer counts as saturated.
+const SATURATED_UTILISATION: f64 = 0.95;
+/// The issue's targets.
+pub const TARGET_REPORTS_PER_CORE_SECOND: f64 = 50_000.0;
+/// RSS counts as linear in workers when no point is further than this from
+/// the fitted line, relative to the line.
+pub const TARGET_MEMORY_RESIDUAL_PERCENT: f64 = 5.0;
+
+/// What to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleOptions {
+    /// Proxy counts measured at the report interval, one fresh analyzer each.
+    pub proxies: Vec<usize>,
+    pub workers_per_proxy: usize,
+    /// The filter's report interval (and `max_hold_ms`).
+    pub report_interval_ms: u32,
+    pub warm_up_s: f64,
+    pub window_s: f64,
+    /// `GET /v1/rollout` calls timed at each size.
+    pub rollout_gets: usize,
+    /// Total ack-paced workers of each saturation step; empty skips it.
+    pub saturation_workers: Vec<usize>,
+    pub saturation_settle_s: f64,
+    pub saturation_window_s: f64,
+    /// `max_hold_ms` of the saturation workers: 0 answers right after the
+    /// report is durable; 100 is the filter's smallest report interval.
+    pub saturation_hold_ms: u32,
+    /// Pin the analyzer to core 0 and this process to core 1 (needs two).
+    pub pin: bool,
+    pub smoke: bool,
+}
+
+impl ScaleOptions {
+    pub const DEFAULT_PROXIES: [usize; 4] = [1_000, 2_000, 4_000, 10_000];
+    pub const DEFAULT_WORKERS_PER_PROXY: usize = 4;
+    pub const DEFAULT_REPORT_INTERVAL_MS: u32 = 1_000;
+    pub const DEFAULT_WARM_UP_S: f64 = 5.0;
+    pub const DEFAULT_WINDOW_S: f64 = 10.0;
+    pub const DEFAULT_ROLLOUT_GETS: usize = 10;
+    pub const DEFAULT_SATURATION_WORKERS: [usize; 6] = [64, 256, 1_024, 4_096, 8_192, 16_384];
+    pub const DEFAULT_SATURATION_SETTLE_S: f64 = 1.0;
+    pub const DEFAULT_SATURATION_WINDOW_S: f64 = 3.0;
+    /// Seconds in all: proves the benchmark works, measures little.
+    pub const SMOKE_PROXIES: [usize; 1] = [10];
+    pub const SMOKE_WARM_UP_S: f64 = 0.5;
+    pub const SMOKE_WINDOW_S: f64 = 2.0;
+    pub const SMOKE_ROLLOUT_GETS: usize = 3;
+    pub const SMOKE_SATURATION_WORKERS: [usize; 2] = [8, 40];
+    pub const SMOKE_SATURATION_SETTLE_S: f64 = 0.3;
+    pub const SMOKE_SATURATION_WINDOW_S: f64 = 0.5;
+
+    /// The full run's settings, or the smoke preset.
+    pub fn preset(smoke: bool) -> Self {
+        if smoke {
+            Self {
+                proxies: Self::SMOKE_PROXIES.to_vec(),
+                workers_per_proxy: Self::DEFAULT_WORKERS_PER_PROXY,
+                report_interval_ms: Self::DEFAULT_REPORT_INTERVAL_MS,
+                warm_up_s: Self::SMOKE_WARM_UP_S,
+                window_s: Self::SMOKE_WINDOW_S,
+                rollout_gets: Self::SMOKE_ROLLOUT_GETS,
+                saturation_workers: Self::SMOKE_SATURATION_WORKERS.to_vec(),
+                saturation_settle_s: Self::SMOKE_SATURATION_SETTLE_S,
+                saturation_window_s: Self::SMOKE_SATURATION_WINDOW_S,
+                saturation_hold_ms: 0,
+                pin: true,
+                smoke,
+            }
+        } else {
+            Self {
+                proxies: Self::DEFAULT_PROXIES.to_vec(),
+                workers_per_proxy: Self::DEFAULT_WORKERS_PER_PROXY,
+                report_interval_ms: Self::DEFAULT_REPORT_INTERVAL_MS,
+                warm_up_s: Self::DEFAULT_WARM_UP_S,
+                window_s: Self::DEFAULT_WINDOW_S,
+                rollout_gets: Self::DEFAULT_ROLLOUT_GETS,
+                saturation_workers: Self::DEFAULT_SATURATION_WORKERS.to_vec(),
+                saturation_settle_s: Self::DEFAULT_SATURATION_SETTLE_S,
+                saturation_window_s: Self::DEFAULT_SATURATION_WINDOW_S,
+                saturation_hold_ms: 0,
+                pin: true,
+                smoke,
+            }
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(self.workers_per_proxy > 0, "--workers-per-proxy must be at least 1");
+        ensure!(self.proxies.iter().all(|&proxies| proxies > 0), "--proxies values must be at least 1");
+        ensure!(self.report_interval_ms >= 1, "--report-interval-ms must be positive");
+        for (name, seconds) in [
+            ("--warm-up-s", self.warm_up_s),
+            ("--window-s", self.window_s),
+            ("--saturation-settle-s", self.saturation_settle_s),
+            ("--saturation-window-s", self.saturation_window_s),
+        ] {
+            ensure!(seconds.is_finite() && (0.0..=3_600.0).contains(&seconds), "{name} must be 0..=3600");
+        }
+        ensure!(self.window_s > 0.0 && self.saturation_window_s > 0.0, "measurement windows must be positive");
+        ensure!(!self.proxies.is_empty() || !self.saturation_workers.is_empty(), "nothing to measure");
+        Ok(())
+    }
+
+    fn max_workers(&self) -> usize {
+        let at_rate = self.proxies.iter().max().map_or(0, |proxies| proxies * self.workers_per_proxy);
+        let saturation = self.saturation_workers.iter().max().map_or(0, |workers| {
+            // Saturation workers come in whole proxies.
+            workers.div_ceil(self.workers_per_proxy) * self.workers_per_proxy
+        });
+        at_rate.max(saturation)
+    }
+}
+
+/// `canary-bench scale` flags. Flags left out take the `--smoke` preset when
+/// it is given, else the defaults shown.
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// Proxy counts measured at the report interval, one fresh analyzer each
+    /// [default: 1000,4000,10000; smoke: 10].
+    #[arg(long, value_delimiter = ',')]
+    pub proxies: Option<Vec<usize>>,
+    /// Simulated filter workers (Envoy worker VMs) per proxy [default: 4].
+    #[arg(long)]
+    pub workers_per_proxy: Option<usize>,
+    /// The filter's report interval, also each report's `max_hold_ms`
+    /// [default: 1000].
+    #[arg(long)]
+    pub report_interval_ms: Option<u32>,
+    /// Load before each measured window, after the ramp [default: 5; smoke: 0.5].
+    #[arg(long)]
+    pub warm_up_s: Option<f64>,
+    /// Measured window per size [default: 10; smoke: 2].
+    #[arg(long)]
+    pub window_s: Option<f64>,
+    /// `GET /v1/rollout` calls timed at each size [default: 10; smoke: 3].
+    #[arg(long)]
+    pub rollout_gets: Option<usize>,
+    /// Ack-paced workers of each saturation step
+    /// [default: 64,256,1024,4096,8192,16384; smoke: 8,40].
+    #[arg(long, value_delimiter = ',')]
+    pub saturation_workers: Option<Vec<usize>>,
+    /// Skip the saturation sweep.
+    #[arg(long)]
+    pub no_saturation: bool,
+    /// Load before each saturation step's window [default: 1; smoke: 0.3].
+    #[arg(long)]
+    pub saturation_settle_s: Option<f64>,
+    /// Measured window per saturation step [default: 3; smoke: 0.5].
+    #[arg(long)]
+    pub saturation_window_s: Option<f64>,
+    /// `max_hold_ms` of the saturation workers: 0 answers as soon as the
+    /// report is durable, 100 is the filter's smallest interval [default: 0].
+    #[arg(long)]
+    pub saturation_hold_ms: Option<u32>,
+    /// Do not pin the analyzer to core 0 and the workers to core 1.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;
+    /// smoke: under the target directory, so it never overwrites a result].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A few seconds in all: checks the benchmark works (for CI).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+impl ScaleArgs {
+    pub fn options(&self) -> ScaleOptions {
+        let preset = ScaleOptions::preset(self.smoke);
+        ScaleOptions {
+            proxies: self.proxies.clone().unwrap_or(preset.proxies),
+            workers_per_proxy: self.workers_per_proxy.unwrap_or(preset.workers_per_proxy),
+            report_interval_ms: self.report_interval_ms.unwrap_or(preset.report_interval_ms),
+            warm_up_s: self.warm_up_s.unwrap_or(preset.warm_up_s),
+            window_s: self.window_s.unwrap_or(preset.window_s),
+            rollout_gets: self.rollout_gets.unwrap_or(preset.rollout_gets),
+            saturation_workers: if self.no_saturation {
+                Vec::new()
+            } else {
+                self.saturation_workers.clone().unwrap_or(preset.saturation_workers)
+            },
+            saturation_settle_s: self.saturation_settle_s.unwrap_or(preset.saturation_settle_s),
+            saturation_window_s: self.saturation_window_s.unwrap_or(preset.saturation_window_s),
+            saturation_hold_ms: self.saturation_hold_ms.unwrap_or(preset.saturation_hold_ms),
+            pin: !self.no_pin,
+            smoke: self.smoke,
+        }
+    }
+}
+
+/// The settings a result was measured with, constants included.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub options: ScaleOptions,
+    pub stable_requests_per_report: u64,
+    pub canary_requests_per_report: u64,
+    pub buckets_per_version: usize,
+    pub ramp_connects_per_second: f64,
+    pub saturation_growth: f64,
+    pub saturated_utilisation: f64,
+}
+
+/// Pinning, limits and addresses actually in force.
+#[derive(Debug, Clone, Serialize)]
+pub struct Setup {
+    pub pinned: bool,
+    pub analyzer_cpu: Option<usize>,
+    pub driver_cpu: Option<usize>,
+    /// Why the run is not pinned, when it is not.
+    pub pinning_note: Option<String>,
+    /// CPUs this process ran on after pinning.
+    pub driver_cpus_allowed: Option<String>,
+    pub open_files: OpenFilesLimit,
+    /// Connections the driver may open: the open-files limit less a margin.
+    /// The analyzer inherits the same limit, so it bounds both sides.
+    pub connection_budget: usize,
+    pub source_ips: Vec<String>,
+}
+
+/// How a phase's workers used connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionMode {
+    /// As the filter: one keep-alive connection per worker, long-poll held
+    /// for `max_hold_ms` = the report interval.
+    PerWorker,
+    /// More workers than the connection budget: they share the budget's
+    /// connections, with `max_hold_ms` 0 and the 1 Hz pace kept by the
+    /// driver. The worker table and the report rate are the real ones; the
+    /// analyzer holds fewer connections and no long-poll timers.
+    Shared,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleResult {
+    pub benchmark: &'static str,
+    /// Bumped when the meaning of a field changes.
+    pub schema_version: u32,
+    #[serde(flatten)]
+    pub context: RunContext,
+    pub settings: Settings,
+    pub setup: Setup,
+    pub finished_at_unix_ms: u64,
+    /// The analyzer with no worker: the first phase's fresh analyzer.
+    pub idle: Option<IdleReading>,
+    pub sizes: Vec<SizeRun>,
+    pub saturation: Option<SaturationRun>,
+    /// RSS against workers: idle, then every size whose workers each had a
+    /// connection (shared-connection sizes would mix two slopes).
+    pub memory_fit: Option<LinearFit>,
+    pub verdicts: Vec<Verdict>,
+}
+
+/// A fresh analyzer before any worker connects.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReading {
+    pub rss_bytes: Option<u64>,
+    pub cpu: CpuDelta,
+}
+
+/// One proxy count at the report interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeRun {
+    pub proxies: usize,
+    pub workers: usize,
+    pub idle: IdleReading,
+    pub connection_mode: ConnectionMode,
+    /// Connections the workers could use (workers, or the budget).
+    pub connections: usize,
+    /// `max_hold_ms` in the workers' reports.
+    pub max_hold_ms: u32,
+    /// From the first connection to every worker's first acknowledged sync.
+    pub ramp_ms: f64,
+    pub workers_synced: u64,
+    /// Workers at the report interval would send this many per second if
+    /// every ack were instant; the hold plus the ingest latency make a
+    /// worker's period a little longer.
+    pub expected_reports_per_second: f64,
+    pub window: WindowSummary,
+    pub rollout_get: RolloutGets,
+    pub load_average_before: Option<[f64; 3]>,
+    pub load_average_after: Option<[f64; 3]>,
+}
+
+/// What one measurement window saw from both sides.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowSummary {
+    pub window_ms: f64,
+    pub workers: usize,
+    /// Syncs acknowledged in the window.
+    pub reports_acked: u64,
+    pub reports_per_second: f64,
+    /// Of the acknowledged syncs, those held the whole `max_hold_ms`.
+    pub held_acks: u64,
+    /// Send to acknowledgement, less the hold (see the driver's docs).
+    pub ingest_ms: Option<LatencySummary>,
+    /// Send to answer, hold included: what the worker waits.
+    pub round_trip_ms: Option<LatencySummary>,
+    pub failures: BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    /// Connections open at the end of the window.
+    pub connections_open: u64,
+    /// Syncs that waited for a shared connection, and the longest wait.
+    pub connection_waits: u64,
+    pub longest_connection_wait_ms: f64,
+    pub analyzer: AnalyzerWindow,
+    /// This process (the simulated workers) over the window.
+    pub driver_cpu: CpuDelta,
+}
+
+/// The analyzer over one window.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnalyzerWindow {
+    pub cpu: CpuDelta,
+    pub cpu_us_per_report: Option<f64>,
+    /// Reports per second one analyzer core would take at this cost:
+    /// `reports_per_second / utilisation`.
+    pub reports_per_core_second: Option<f64>,
+    pub rss_bytes: Option<u64>,
+    pub peak_rss_bytes: Option<u64>,
+    /// The state file at the end of the window: what every group commit
+    /// rewrites.
+    pub state_file_bytes: Option<u64>,
+    pub storage_write_bytes_per_second: Option<f64>,
+    /// Storage writes over the state file's size: about how many group
+    /// commits per second the analyzer made.
+    pub estimated_commits_per_second: Option<f64>,
+    /// `canary_reports_received_total` and `canary_reports_duplicate_total`
+    /// over the window (a duplicate is a re-send after a failed sync).
+    pub reports_received: Option<f64>,
+    pub reports_duplicate: Option<f64>,
+}
+
+/// Latency quantiles in ms (upper bounds of the histogram bucket that holds
+/// them: at most 0.79% high).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl LatencySummary {
+    pub fn of(histogram: &LatencyHistogram) -> Option<Self> {
+        let [p50, p90, p99, p999, max] = histogram.quantiles_us([0.5, 0.9, 0.99, 0.999, 1.0])?;
+        let ms = |us: u64| us as f64 / 1_000.0;
+        Some(Self {
+            count: histogram.total_count(),
+            p50: ms(p50),
+            p90: ms(p90),
+            p99: ms(p99),
+            p999: ms(p999),
+            max: ms(max),
+        })
+    }
+}
+
+/// `GET /v1/rollout` timed at the client, one fresh connection per call.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutGets {
+    pub samples_ms: Vec<f64>,
+    pub p50_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub response_bytes: Option<usize>,
+    /// `data_plane.live_workers` of the last answer: the analyzer saw them
+    /// all.
+    pub live_workers: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+/// The saturation sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SaturationRun {
+    pub max_hold_ms: u32,
+    pub steps: Vec<SaturationStep>,
+    /// Index of the step with the most reports/s.
+    pub best_step: Option<usize>,
+    /// Whether the sweep ended because reports/s stopped growing (rather
+    /// than running out of steps).
+    pub stopped_growing: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaturationStep {
+    pub workers: usize,
+    pub workers_synced: u64,
+    pub window: WindowSummary,
+}
+
+/// A least-squares line `rss = intercept + slope × workers`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LinearFit {
+    pub bytes_per_worker: f64,
+    pub intercept_bytes: f64,
+    pub r_squared: f64,
+    /// The largest distance of a point from the line, relative to the line
+    /// there.
+    pub worst_residual_percent: f64,
+    pub points: Vec<FitPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FitPoint {
+    pub workers: f64,
+    pub rss_bytes: f64,
+    pub fitted_bytes: f64,
+    /// Measured minus fitted.
+    pub residual_bytes: f64,
+}
+
+/// Least squares through `(x, y)` points; `None` without two distinct x.
+pub fn least_squares(points: &[(f64, f64)]) -> Option<LinearFit> {
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mean_x = points.iter().map(|(x, _)| x).sum::<f64>() / n;
+    let mean_y = points.iter().map(|(_, y)| y).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mean_x).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mean_x) * (y - mean_y)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = sxy / sxx;
+    let intercept = mean_y - slope * mean_x;
+    let ss_total: f64 = points.iter().map(|(_, y)| (y - mean_y).powi(2)).sum();
+    let fit_points: Vec<FitPoint> = points
+        .iter()
+        .map(|&(x, y)| {
+            let fitted = intercept + slope * x;
+            FitPoint { workers: x, rss_bytes: y, fitted_bytes: fitted, residual_bytes: y - fitted }
+        })
+        .collect();
+    let ss_residual: f64 = fit_points.iter().map(|point| point.residual_bytes.powi(2)).sum();
+    let worst_residual_percent = fit_points
+        .iter()
+        .filter(|point| point.fitted_bytes.abs() > 0.0)
+        .map(|point| (point.residual_bytes / point.fitted_bytes).abs() * 100.0)
+        .fold(0.0, f64::max);
+    Some(LinearFit {
+        bytes_per_worker: slope,
+        intercept_bytes: intercept,
+        r_squared: if ss_total > 0.0 { 1.0 - ss_residual / ss_total } else { 1.0 },
+        worst_residual_percent,
+        points: fit_points,
+    })
+}
+
+/// Runs the benchmark. The workers need a thread of their own (a
+/// `current_thread` runtime), so this hands the run to a blocking thread.
+pub async fn run(options: &ScaleOptions, analyzer: &Path, context: RunContext) -> anyhow::Result<ScaleResult> {
+    options.validate()?;
+    ensure!(
+        analyzer.is_file(),
+        "the analyzer {} is not built (`cargo build --release -p canary-analyzer`, or set {})",
+        analyzer.display(),
+        canary_tests::paths::ANALYZER_BIN_ENV
+    );
+    let options = options.clone();
+    let analyzer = analyzer.to_path_buf();
+    tokio::task::spawn_blocking(move || run_on_this_thread(options, analyzer, context))
+        .await
+        .context("the scale driver thread failed")?
+}
+
+fn run_on_this_thread(options: ScaleOptions, analyzer: PathBuf, context: RunContext) -> anyhow::Result<ScaleResult> {
+    let open_files = proc::raise_open_files_limit(options.max_workers() as u64 + OPEN_FILES_MARGIN)?;
+    let setup = setup(&options, open_files);
+    if setup.connection_budget < options.max_workers() {
+        eprintln!(
+            "scale: the open-files limit is {} (hard {}, not raisable here), so at most {} connections; larger sizes \
+             share them (see the results' connection_mode)",
+            open_files.soft, open_files.hard, setup.connection_budget
+        );
+    }
+    if let Some(note) = &setup.pinning_note {
+        eprintln!("scale: not pinned: {note}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, measure(options, analyzer, context, setup))
+}
+
+/// Pins this process (see the module docs) and works out the connection
+/// budget.
+fn setup(options: &ScaleOptions, open_files: OpenFilesLimit) -> Setup {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let note = if !options.pin {
+        Some("--no-pin".to_owned())
+    } else if cores < 2 {
+        Some(format!("{cores} core available; the analyzer and the workers need one each"))
+    } else {
+        proc::pin_this_process(DRIVER_CPU).err().map(|error| format!("{error:#}"))
+    };
+    let pinned = note.is_none();
+    Setup {
+        pinned,
+        analyzer_cpu: pinned.then_some(ANALYZER_CPU),
+        driver_cpu: pinned.then_some(DRIVER_CPU),
+        pinning_note: note,
+        driver_cpus_allowed: proc::allowed_cpus(),
+        open_files,
+        connection_budget: usize::try_from(open_files.soft.saturating_sub(OPEN_FILES_MARGIN)).unwrap_or(usize::MAX),
+        source_ips: SOURCE_IPS.iter().map(ToString::to_string).collect(),
+    }
+}
+
+async fn measure(
+    options: ScaleOptions,
+    analyzer: PathBuf,
+    context: RunContext,
+    setup: Setup,
+) -> anyhow::Result<ScaleResult> {
+    let scratch = scratch_dir()?;
+    let mut sizes = Vec::with_capacity(options.proxies.len());
+    for &proxies in &options.proxies {
+        let dir = scratch.path().join(format!("proxies-{proxies}"));
+        let size = measure_size(&options, &analyzer, &dir, &setup, proxies)
+            .await
+            .with_context(|| format!("scale at {proxies} proxies"))?;
+        progress_done();
+        eprintln!("  {}", size_line(&size));
+        sizes.push(size);
+    }
+    let saturation = if options.saturation_workers.is_empty() {
+        None
+    } else {
+        let dir = scratch.path().join("saturation");
+        let run = measure_saturation(&options, &analyzer, &dir, &setup).await.context("saturation")?;
+        progress_done();
+        Some(run)
+    };
+    let idle = sizes.first().map(|size| size.idle.clone());
+    let memory_fit = memory_fit(&sizes);
+    let verdicts = verdicts(saturation.as_ref(), memory_fit.as_ref());
+    Ok(ScaleResult {
+        benchmark: BENCHMARK,
+        schema_version: 1,
+        context,
+        settings: Settings {
+            options,
+            stable_requests_per_report: driver::STABLE_REQUESTS_PER_REPORT,
+            canary_requests_per_report: driver::CANARY_REQUESTS_PER_REPORT,
+            buckets_per_version: driver::BUCKETS_PER_VERSION,
+            ramp_connects_per_second: RAMP_CONNECTS_PER_SECOND,
+            saturation_growth: SATURATION_GROWTH,
+            saturated_utilisation: SATURATED_UTILISATION,
+        },
+        setup,
+        finished_at_unix_ms: crate::results::unix_now_ms(),
+        idle,
+        sizes,
+        saturation,
+        memory_fit,
+        verdicts,
+    })
+}
+
+/// A temporary directory for the analyzers' state, where the harness puts
+/// its stacks' (so the machine description's filesystem applies).
+fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("canary-scale-").tempdir().context("creating a temporary directory")
+}
+
+/// The RSS fit over idle and every size with a connection per worker; the
+/// idle point is the median of the fresh analyzers' idle readings.
+fn memory_fit(sizes: &[SizeRun]) -> Option<LinearFit> {
+    let mut idle: Vec<f64> = sizes.iter().filter_map(|size| size.idle.rss_bytes).map(|rss| rss as f64).collect();
+    idle.sort_by(f64::total_cmp);
+    let mut points: Vec<(f64, f64)> = idle.get(idle.len() / 2).map(|&rss| (0.0, rss)).into_iter().collect();
+    points.extend(
+        sizes
+            .iter()
+            .filter(|size| size.connection_mode == ConnectionMode::PerWorker)
+            .filter_map(|size| Some((size.window.workers as f64, size.window.analyzer.rss_bytes? as f64))),
+    );
+    least_squares(&points)
+}
+
+fn verdicts(saturation: Option<&SaturationRun>, memory_fit: Option<&LinearFit>) -> Vec<Verdict> {
+    let mut verdicts = Vec::new();
+    if let Some(step) = saturation.and_then(|run| run.steps.get(run.best_step?))
+        && let Some(per_core) = step.window.analyzer.reports_per_core_second
+    {
+        let utilisation = step.window.analyzer.cpu.utilisation;
+        let quantity = if utilisation >= SATURATED_UTILISATION {
+            format!("reports per second on one analyzer core ({} workers)", step.workers)
+        } else {
+            format!(
+                "reports per second on one analyzer core, extrapolated from {:.0}% CPU ({} workers)",
+                utilisation * 100.0,
+                step.workers
+            )
+        };
+        verdicts.push(Verdict::new(
+            BENCHMARK,
+            &quantity,
+            per_core,
+            Bound::AtLeast,
+            TARGET_REPORTS_PER_CORE_SECOND,
+            " reports/s",
+        ));
+    }
+    if let Some(fit) = memory_fit
+        && fit.points.len() >= 3
+    {
+        verdicts.push(Verdict::new(
+            BENCHMARK,
+            &format!(
+                "analyzer RSS linear in workers ({:.0} bytes/worker, R² {:.5}): worst residual",
+                fit.bytes_per_worker, fit.r_squared
+            ),
+            fit.worst_residual_percent,
+            Bound::AtMost,
+            TARGET_MEMORY_RESIDUAL_PERCENT,
+            "%",
+        ));
+    }
+    verdicts
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One proxy count at the report interval, on a fresh analyzer.
+async fn measure_size(
+    options: &ScaleOptions,
+    binary: &Path,
+    dir: &Path,
+    setup: &Setup,
+    proxies: usize,
+) -> anyhow::Result<SizeRun> {
+    let workers = proxies * options.workers_per_proxy;
+    let (connection_mode, connections, max_hold_ms) = if workers <= setup.connection_budget {
+        (ConnectionMode::PerWorker, workers, options.report_interval_ms)
+    } else {
+        (ConnectionMode::Shared, setup.connection_budget, 0)
+    };
+    let label = match connection_mode {
+        ConnectionMode::PerWorker => format!("{proxies}×{} workers", options.workers_per_proxy),
+        ConnectionMode::Shared => {
+            format!("{proxies}×{} workers on {connections} connections", options.workers_per_proxy)
+        }
+    };
+    progress(BENCHMARK, &format!("{label}: starting the analyzer"));
+    let mut analyzer = AnalyzerProcess::start(binary, dir, FILTER_TOKEN, setup.analyzer_cpu).await?;
+    // The pid in every progress line, for `perf record -g -p <pid>`.
+    let label = format!("{label} (analyzer pid {})", analyzer.pid());
+    let idle = idle_reading(&analyzer).await;
+    let load_average_before = machine::load_average();
+
+    let interval = Duration::from_millis(u64::from(options.report_interval_ms));
+    // A whole number of intervals, at most RAMP_CONNECTS_PER_SECOND.
+    let ramp = interval.mul_f64((workers as f64 / RAMP_CONNECTS_PER_SECOND / interval.as_secs_f64()).ceil().max(1.0));
+    let warm_up = Duration::from_secs_f64(options.warm_up_s);
+    let window = Duration::from_secs_f64(options.window_s);
+    let bound = ramp + RAMP_PATIENCE + warm_up + window + ROLLOUT_GETS_BOUND + Duration::from_secs(10);
+    let started = Instant::now();
+    let mut driver = Driver::new(
+        SyncSettings {
+            analyzer: analyzer.address(),
+            token: FILTER_TOKEN.to_owned(),
+            report_interval: interval,
+            max_hold_ms,
+            connections,
+        },
+        started + bound,
+    );
+    driver.spawn(driver::fleet(0, proxies, options.workers_per_proxy, started, ramp));
+    let ramp_ms = wait_for_ramp(&driver, &mut analyzer, &label, started + ramp + RAMP_PATIENCE).await?;
+    let workers_synced = driver.synced_workers();
+    hold_with_progress(&driver, &label, "warm-up", warm_up).await;
+    let window = measure_window(&driver, &analyzer, &label, window).await;
+    analyzer.fail_if_exited("during the measurement window")?;
+    let rollout_get = time_rollout_gets(analyzer.address(), options.rollout_gets, &label).await;
+    let load_average_after = machine::load_average();
+    // The server side first: see `AnalyzerProcess::kill`.
+    analyzer.kill();
+    drop(driver);
+    Ok(SizeRun {
+        proxies,
+        workers,
+        idle,
+        connection_mode,
+        connections,
+        max_hold_ms,
+        ramp_ms,
+        workers_synced,
+        expected_reports_per_second: workers as f64 / interval.as_secs_f64(),
+        window,
+        rollout_get,
+        load_average_before,
+        load_average_after,
+    })
+}
+
+/// Workers that send on every ack, added in steps on one analyzer until
+/// reports/s stops growing.
+async fn measure_saturation(
+    options: &ScaleOptions,
+    binary: &Path,
+    dir: &Path,
+    setup: &Setup,
+) -> anyhow::Result<SaturationRun> {
+    progress(BENCHMARK, "saturation: starting the analyzer");
+    let mut analyzer = AnalyzerProcess::start(binary, dir, FILTER_TOKEN, setup.analyzer_cpu).await?;
+    let settle = Duration::from_secs_f64(options.saturation_settle_s);
+    let window = Duration::from_secs_f64(options.saturation_window_s);
+    let per_step = SATURATION_RAMP + RAMP_PATIENCE + settle + window;
+    let bound = per_step * options.saturation_workers.len() as u32 + Duration::from_secs(10);
+    let mut driver = Driver::new(
+        SyncSettings {
+            analyzer: analyzer.address(),
+            token: FILTER_TOKEN.to_owned(),
+            report_interval: Duration::ZERO,
+            max_hold_ms: options.saturation_hold_ms,
+            // Ack-paced workers each keep one busy while the budget allows.
+            connections: options.max_workers().min(setup.connection_budget),
+        },
+        Instant::now() + bound,
+    );
+    let mut steps: Vec<SaturationStep> = Vec::new();
+    let mut proxies = 0;
+    let mut stopped_growing = false;
+    for &target in &options.saturation_workers {
+        let target_proxies = target.div_ceil(options.workers_per_proxy);
+        if target_proxies <= proxies {
+            continue;
+        }
+        let label = format!(
+            "saturation {} workers (analyzer pid {})",
+            target_proxies * options.workers_per_proxy,
+            analyzer.pid()
+        );
+        let started = Instant::now();
+        driver.spawn(driver::fleet(
+            proxies,
+            target_proxies - proxies,
+            options.workers_per_proxy,
+            started,
+            SATURATION_RAMP,
+        ));
+        proxies = target_proxies;
+        wait_for_ramp(&driver, &mut analyzer, &label, started + SATURATION_RAMP + RAMP_PATIENCE).await?;
+        let workers_synced = driver.synced_workers();
+        hold_with_progress(&driver, &label, "settle", settle).await;
+        let window = measure_window(&driver, &analyzer, &label, window).await;
+        analyzer.fail_if_exited("during saturation")?;
+        let rate = window.reports_per_second;
+        let previous = steps.last().map(|step| step.window.reports_per_second);
+        progress_done();
+        eprintln!(
+            "  saturation {} workers: {rate:.0} reports/s, analyzer {:.0}% CPU, ingest p99 {}",
+            driver.workers(),
+            window.analyzer.cpu.utilisation * 100.0,
+            window.ingest_ms.map_or_else(|| "–".to_owned(), |q| format!("{:.1} ms", q.p99)),
+        );
+        steps.push(SaturationStep { workers: driver.workers(), workers_synced, window });
+        if previous.is_some_and(|previous| rate < previous * SATURATION_GROWTH) {
+            stopped_growing = true;
+            break;
+        }
+    }
+    analyzer.kill();
+    drop(driver);
+    let best_step = steps
+        .iter()
+        .enumerate()
+        .max_by(|(_, a), (_, b)| a.window.reports_per_second.total_cmp(&b.window.reports_per_second))
+        .map(|(index, _)| index);
+    Ok(SaturationRun { max_hold_ms: options.saturation_hold_ms, steps, best_step, stopped_growing })
+}
+
+/// A fresh analyzer's RSS and CPU with no worker.
+async fn idle_reading(analyzer: &AnalyzerProcess) -> IdleReading {
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let before = analyzer.sample();
+    tokio::time::sleep(IDLE_READING).await;
+    let after = analyzer.sample();
+    IdleReading { rss_bytes: after.rss_bytes, cpu: CpuDelta::between(&before, &after) }
+}
+
+/// Waits until every worker has had a sync acknowledged, or `deadline`;
+/// returns how long it took. Fails if the analyzer died.
+async fn wait_for_ramp(
+    driver: &Driver,
+    analyzer: &mut AnalyzerProcess,
+    label: &str,
+    deadline: Instant,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    while (driver.synced_workers() as usize) < driver.workers() && Instant::now() < deadline {
+        let (_, failures) = driver.totals();
+        progress(
+            BENCHMARK,
+            &format!(
+                "{label}: ramp, {} connected, {} synced of {}, {failures} failed syncs",
+                driver.connected(),
+                driver.synced_workers(),
+                driver.workers()
+            ),
+        );
+        analyzer.fail_if_exited("during the ramp")?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1_000.0)
+}
+
+/// Keeps the load on for `duration`, with a progress line.
+async fn hold_with_progress(driver: &Driver, label: &str, what: &str, duration: Duration) {
+    let started = Instant::now();
+    let mut last = (started, driver.totals().0);
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(500).min(duration.saturating_sub(started.elapsed()))).await;
+        let now = (Instant::now(), driver.totals().0);
+        let rate = (now.1 - last.1) as f64 / now.0.saturating_duration_since(last.0).as_secs_f64().max(1e-3);
+        last = now;
+        progress(
+            BENCHMARK,
+            &format!(
+                "{label}: {what} {:.1}/{:.1} s, {rate:.0} reports/s, {} failed syncs",
+                started.elapsed().as_secs_f64(),
+                duration.as_secs_f64(),
+                driver.totals().1
+            ),
+        );
+    }
+}
+
+/// One measured window: the workers' view and both processes' CPU, the
+/// analyzer's memory, storage writes and report counters around it.
+async fn measure_window(driver: &Driver, analyzer: &AnalyzerProcess, label: &str, duration: Duration) -> WindowSummary {
+    let counters_before = ReportCounters::read(analyzer.address()).await;
+    let driver_before = ProcSample::read(std::process::id());
+    let before = analyzer.sample();
+    driver.start_window();
+    hold_with_progress(driver, label, "measuring", duration).await;
+    let stats = driver.end_window();
+    let after = analyzer.sample();
+    let driver_after = ProcSample::read(std::process::id());
+    let counters_after = ReportCounters::read(analyzer.address()).await;
+    let state_file_bytes = analyzer.state_file_bytes();
+    summarize_window(
+        driver,
+        stats.as_ref(),
+        &before,
+        &after,
+        CpuDelta::between(&driver_before, &driver_after),
+        state_file_bytes,
+        counters_after.since(&counters_before),
+    )
+}
+
+fn summarize_window(
+    driver: &Driver,
+    stats: Option<&WindowStats>,
+    before: &ProcSample,
+    after: &ProcSample,
+    driver_cpu: CpuDelta,
+    state_file_bytes: Option<u64>,
+    (reports_received, reports_duplicate): (Option<f64>, Option<f64>),
+) -> WindowSummary {
+    let cpu = CpuDelta::between(before, after);
+    let (workers, connections_open) = (driver.workers(), driver.connected());
+    let window_s = stats.map_or(cpu.wall_ms / 1_000.0, |stats| stats.duration().as_secs_f64());
+    let acks = stats.map_or(0, |stats| stats.acks);
+    let reports_per_second = if window_s > 0.0 { acks as f64 / window_s } else { 0.0 };
+    let storage_write_bytes_per_second = after
+        .storage_write_bytes
+        .zip(before.storage_write_bytes)
+        .map(|(after_bytes, before_bytes)| after_bytes.saturating_sub(before_bytes) as f64 / (cpu.wall_ms / 1_000.0));
+    WindowSummary {
+        window_ms: window_s * 1_000.0,
+        workers,
+        reports_acked: acks,
+        reports_per_second,
+        held_acks: stats.map_or(0, |stats| stats.held_acks),
+        ingest_ms: stats.and_then(|stats| LatencySummary::of(&stats.ingest_us)),
+        round_trip_ms: stats.and_then(|stats| LatencySummary::of(&stats.round_trip_us)),
+        failures: stats
+            .map(|stats| stats.failures.iter().map(|(kind, count)| (kind.label(), *count)).collect())
+            .unwrap_or_default(),
+        first_error: stats.and_then(|stats| stats.first_error.clone()),
+        connections_open,
+        connection_waits: stats.map_or(0, |stats| stats.connection_waits),
+        longest_connection_wait_ms: stats.map_or(0.0, |stats| stats.longest_connection_wait.as_secs_f64() * 1_000.0),
+        analyzer: AnalyzerWindow {
+            cpu_us_per_report: (acks > 0).then(|| cpu.cpu_ms * 1_000.0 / acks as f64),
+            reports_per_core_second: (cpu.utilisation > 0.0 && acks > 0).then(|| reports_per_second / cpu.utilisation),
+            rss_bytes: after.rss_bytes,
+            peak_rss_bytes: after.peak_rss_bytes,
+            state_file_bytes,
+            storage_write_bytes_per_second,
+            estimated_commits_per_second: storage_write_bytes_per_second
+                .zip(state_file_bytes.filter(|&bytes| bytes > 0))
+                .map(|(per_second, file)| per_second / file as f64),
+            reports_received,
+            reports_duplicate,
+            cpu,
+        },
+        driver_cpu,
+    }
+}
+
+/// The analyzer's own report counters.
+struct ReportCounters {
+    received: Option<f64>,
+    duplicate: Option<f64>,
+}
+
+impl ReportCounters {
+    async fn read(address: SocketAddr) -> Self {
+        let text = canary_tests::http::get(address, "/metrics").await.ok().map(|response| response.text());
+        Self {
+            received: text.as_deref().and_then(|text| prometheus_value(text, "canary_reports_received_total")),
+            duplicate: text.as_deref().and_then(|text| prometheus_value(text, "canary_reports_duplicate_total")),
+        }
+    }
+
+    fn since(&self, before: &ReportCounters) -> (Option<f64>, Option<f64>) {
+        let delta = |after: Option<f64>, before: Option<f64>| Some(after? - before?);
+        (delta(self.received, before.received), delta(self.duplicate, before.duplicate))
+    }
+}
+
+/// `count` sequential `GET /v1/rollout` calls under the running load.
+async fn time_rollout_gets(address: SocketAddr, count: usize, label: &str) -> RolloutGets {
+    let started = Instant::now();
+    let mut samples_ms = Vec::with_capacity(count);
+    let mut errors = Vec::new();
+    let mut response_bytes = None;
+    let mut live_workers = None;
+    for call in 0..count {
+        if started.elapsed() > ROLLOUT_GETS_BOUND {
+            errors.push(format!("stopped after {call} calls: over {ROLLOUT_GETS_BOUND:?}"));
+            break;
+        }
+        progress(BENCHMARK, &format!("{label}: GET /v1/rollout {}/{count}", call + 1));
+        let sent = Instant::now();
+        match canary_tests::http::get(address, "/v1/rollout").await {
+            Ok(response) if response.status.is_success() => {
+                samples_ms.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                response_bytes = Some(response.body.len());
+                live_workers = json_number_after(&response.body, b"\"live_workers\":");
+            }
+            Ok(response) => errors.push(format!("HTTP {}", response.status)),
+            Err(error) => errors.push(format!("{error:#}")),
+        }
+    }
+    let summary = crate::quantiles::Quantiles::of(&samples_ms);
+    RolloutGets {
+        p50_ms: summary.map(|q| q.p50),
+        max_ms: summary.map(|q| q.max),
+        samples_ms,
+        response_bytes,
+        live_workers,
+        errors,
+    }
+}
+
+/// The unsigned number right after the first `key` in a JSON text, without
+/// parsing megabytes of worker list on the measuring core.
+fn json_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
+    let at = body.windows(key.len()).position(|window| window == key)? + key.len();
+    let digits: String = body[at..]
+        .iter()
+        .skip_while(|byte| byte.is_ascii_whitespace())
+        .take_while(|byte| byte.is_ascii_digit())
+        .map(|&byte| byte as char)
+        .collect();
+    digits.parse().ok()
+}
+
+fn size_line(size: &SizeRun) -> String {
+    let window = &size.window;
+    format!(
+        "{} workers{}: {:.0} reports/s (of {:.0}), ingest p50 {} p99 {}, analyzer {:.0}% CPU, {} µs/report, RSS {}, \
+         GET /v1/rollout p50 {}",
+        size.workers,
+        match size.connection_mode {
+            ConnectionMode::PerWorker => String::new(),
+            ConnectionMode::Shared => format!(" on {} shared connections, no hold", size.connections),
+        },
+        window.reports_per_second,
+        size.expected_reports_per_second,
+        ms_cell(window.ingest_ms.map(|q| q.p50)),
+        ms_cell(window.ingest_ms.map(|q| q.p99)),
+        window.analyzer.cpu.utilisation * 100.0,
+        number_cell(window.analyzer.cpu_us_per_report, 1),
+        mib_cell(window.analyzer.rss_bytes),
+        ms_cell(size.rollout_get.p50_ms),
+    )
+}
+
+/// Run-queue wait over wall time, in percent: how long the analyzer's
+/// threads were runnable but not running (its own threads or another
+/// process had the core).
+fn waited_percent(cpu: &CpuDelta) -> f64 {
+    if cpu.wall_ms > 0.0 { cpu.run_queue_wait_ms / cpu.wall_ms * 100.0 } else { 0.0 }
+}
+
+fn ms_cell(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "–".to_owned(), |ms| format!("{ms:.1} ms"))
+}
+
+fn number_cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "–".to_owned(), |value| format!("{value:.decimals$}"))
+}
+
+fn mib_cell(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "–".to_owned(), |bytes| format!("{:.1} MiB", bytes as f64 / MIB))
+}
+
+/// The table of the sizes at the report interval.
+pub fn sizes_table(sizes: &[SizeRun]) -> String {
+    let mut out = String::from(
+        "| proxies × workers | reports/s (expected) | ingest p50 ms | p99 | max | analyzer CPU | waited for CPU \
+         | µs/report | RSS | state file | commits/s (est.) | storage MB/s | GET /v1/rollout p50 ms | max \
+         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for size in sizes {
+        let window = &size.window;
+        let analyzer = &window.analyzer;
+        let _ = writeln!(
+            out,
+            "| {} × {}{} | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} |",
+            size.proxies,
+            size.workers / size.proxies.max(1),
+            match size.connection_mode {
+                ConnectionMode::PerWorker => String::new(),
+                ConnectionMode::Shared => format!(" (on {} shared connections, no hold)", size.connections),
+            },
+            window.reports_per_second,
+            size.expected_reports_per_second,
+            number_cell(window.ingest_ms.map(|q| q.p50), 2),
+            number_cell(window.ingest_ms.map(|q| q.p99), 2),
+            number_cell(window.ingest_ms.map(|q| q.max), 1),
+            analyzer.cpu.utilisation * 100.0,
+            waited_percent(&analyzer.cpu),
+            number_cell(analyzer.cpu_us_per_report, 1),
+            mib_cell(analyzer.rss_bytes),
+            analyzer
+                .state_file_bytes
+                .map_or_else(|| "–".to_owned(), |bytes| format!("{:.0} KiB", bytes as f64 / 1024.0)),
+            number_cell(analyzer.estimated_commits_per_second, 1),
+            number_cell(analyzer.storage_write_bytes_per_second.map(|bytes| bytes / 1e6), 1),
+            number_cell(size.rollout_get.p50_ms, 1),
+            number_cell(size.rollout_get.max_ms, 1),
+            window.failures.values().sum::<u64>(),
+        );
+    }
+    out
+}
+
+/// The saturation sweep's table.
+pub fn saturation_table(run: &SaturationRun) -> String {
+    let mut out = String::from(
+        "| workers | reports/s | analyzer CPU | waited for CPU | reports per core-second | µs/report | ingest p50 ms \
+         | p99 | driver CPU | RSS | state file | failed syncs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (index, step) in run.steps.iter().enumerate() {
+        let window = &step.window;
+        let analyzer = &window.analyzer;
+        let _ = writeln!(
+            out,
+            "| {}{} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {:.0}% | {} | {} | {} |",
+            step.workers,
+            if run.best_step == Some(index) { " (best)" } else { "" },
+            window.reports_per_second,
+            analyzer.cpu.utilisation * 100.0,
+            waited_percent(&analyzer.cpu),
+            number_cell(analyzer.reports_per_core_second, 0),
+            number_cell(analyzer.cpu_us_per_report, 1),
+            number_cell(window.ingest_ms.map(|q| q.p50), 2),
+            number_cell(window.ingest_ms.map(|q| q.p99), 2),
+            window.driver_cpu.utilisation * 100.0,
+            mib_cell(analyzer.rss_bytes),
+            analyzer
+                .state_file_bytes
+                .map_or_else(|| "–".to_owned(), |bytes| format!("{:.0} KiB", bytes as f64 / 1024.0)),
+            window.failures.values().sum::<u64>(),
+        );
+    }
+    out
+}
+
+/// The memory fit as lines of text.
+pub fn memory_lines(result: &ScaleResult) -> String {
+    let mut out = String::new();
+    if let Some(idle) = &result.idle {
+        let _ = writeln!(
+            out,
+            "- analyzer idle (no worker): RSS {}, {:.2}% CPU",
+            mib_cell(idle.rss_bytes),
+            idle.cpu.utilisation * 100.0
+        );
+    }
+    match &result.memory_fit {
+        Some(fit) => {
+            let _ = writeln!(
+                out,
+                "- RSS = {:.1} MiB + {:.0} bytes × workers (least squares, R² {:.4})",
+                fit.intercept_bytes / MIB,
+                fit.bytes_per_worker,
+                fit.r_squared
+            );
+            for point in &fit.points {
+                let _ = writeln!(
+                    out,
+                    "  - {:.0} workers: {:.1} MiB measured, {:.1} MiB fitted, residual {:+.2} MiB",
+                    point.workers,
+                    point.rss_bytes / MIB,
+                    point.fitted_bytes / MIB,
+                    point.residual_bytes / MIB
+                );
+            }
+        }
+        None => out.push_str("- RSS fit: needs at least one size with a connection per worker besides idle\n"),
+    }
+    for size in result.sizes.iter().filter(|size| size.connection_mode == ConnectionMode::Shared) {
+        let _ = writeln!(
+            out,
+            "- not in the fit: {} workers sharing {} connections: RSS {}",
+            size.workers,
+            size.connections,
+            mib_cell(size.window.analyzer.rss_bytes)
+        );
+    }
+    out
+}
+
+/// The `scale.md` next to the JSON.
+pub fn markdown(result: &ScaleResult) -> String {
+    let context = &result.context;
+    let machine = &context.machine;
+    let artifacts = &context.artifacts;
+    let unknown = || "unknown".to_owned();
+    let options = &result.settings.options;
+    let setup = &result.setup;
+    let mut out = String::new();
+    let _ = writeln!(out, "# Analyzer scale\n");
+    let _ = writeln!(
+        out,
+        "Measured on `{}` ({}, {} cores available, {} MiB), kernel {}, on {} (UTC).\n",
+        machine.hostname,
+        machine.cpu_model.clone().unwrap_or_else(unknown),
+        machine.cores_available.map_or_else(unknown, |cores| cores.to_string()),
+        machine.memory_total_mib.map_or_else(unknown, |mib| mib.to_string()),
+        machine.kernel.clone().unwrap_or_else(unknown),
+        crate::results::utc_date(context.started_at_unix_ms / 1_000),
+    );
+    let _ = writeln!(out, "- command: `{}`", context.command_line.join(" "));
+    let _ = writeln!(
+        out,
+        "- analyzer: {} build, `{}`; state on {}",
+        artifacts.analyzer_build_profile,
+        artifacts.analyzer.path.display(),
+        machine.temp_dir_filesystem.as_ref().map_or_else(unknown, |filesystem| format!(
+            "{} ({} mounted at {})",
+            filesystem.fs_type, filesystem.source, filesystem.mount_point
+        ))
+    );
+    let _ = writeln!(
+        out,
+        "- source: {}{}",
+        artifacts.git_commit.clone().unwrap_or_else(unknown),
+        if artifacts.git_dirty == Some(true) { " (with uncommitted changes)" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "- pinning: {}; open files {} (was {}, hard limit {}), so at most {} connections; worker connections from {}",
+        if setup.pinned {
+            format!(
+                "analyzer on core {}, workers on core {}",
+                setup.analyzer_cpu.unwrap_or(ANALYZER_CPU),
+                setup.driver_cpu.unwrap_or(DRIVER_CPU)
+            )
+        } else {
+            format!("none ({})", setup.pinning_note.clone().unwrap_or_else(unknown))
+        },
+        setup.open_files.soft,
+        setup.open_files.soft_before,
+        setup.open_files.hard,
+        setup.connection_budget,
+        setup.source_ips.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "- each worker: a real report every {} ms (`max_hold_ms` {}, or 0 on shared connections), {} stable and {} \
+         canary requests in {} latency buckets per version; {} s warm-up, {} s window per size, on a fresh analyzer \
+         each\n",
+        options.report_interval_ms,
+        options.report_interval_ms,
+        result.settings.stable_requests_per_report,
+        result.settings.canary_requests_per_report,
+        result.settings.buckets_per_version,
+        options.warm_up_s,
+        options.window_s,
+    );
+    for verdict in &result.verdicts {
+        let _ = writeln!(out, "**{}**\n", verdict.line());
+    }
+    let _ = writeln!(
+        out,
+        "## At the report interval\n\n`ingest` is send to acknowledgement less the analyzer's hold (so: decode, \
+         ingest, group commit, answer); CPU is the analyzer's, from schedstat, over the window; `waited for CPU` is the \
+         time its threads were runnable but not running, summed over threads (its own threads share one core, so \
+         some is normal; with CPU below 100% the rest is other processes on the core, and latencies then say more \
+         about the machine than the analyzer); `commits/s` is bytes written to storage over the state \
+         file's size.\n"
+    );
+    out.push_str(&sizes_table(&result.sizes));
+    if let Some(largest) = result.sizes.last() {
+        let _ = writeln!(out, "\nBusiest analyzer threads at {} workers (CPU ms over the window):\n", largest.workers);
+        for thread in &largest.window.analyzer.cpu.top_threads {
+            let _ = writeln!(out, "- {} ({}): {:.0} ms", thread.name, thread.tid, thread.cpu_ms);
+        }
+    }
+    if let Some(run) = &result.saturation {
+        let _ = writeln!(
+            out,
+            "\n## Saturation\n\nWorkers send the next report as soon as the previous one is acknowledged \
+             (`max_hold_ms` {}); steps add workers until reports/s grows less than {:.0}%. Reports per core-second \
+             is reports/s over the analyzer's utilisation.{}\n",
+            run.max_hold_ms,
+            (SATURATION_GROWTH - 1.0) * 100.0,
+            if run.stopped_growing { "" } else { " The sweep ran out of steps before reports/s stopped growing." }
+        );
+        out.push_str(&saturation_table(run));
+    }
+    let _ = writeln!(out, "\n## Memory\n");
+    out.push_str(&memory_lines(result));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_squares_recovers_a_line_and_reports_residuals() {
+        let fit = least_squares(&[(0.0, 10.0), (1_000.0, 2_010.0), (4_000.0, 8_010.0)]).expect("a fit");
+        assert!((fit.bytes_per_worker - 2.0).abs() < 1e-9, "{fit:?}");
+        assert!((fit.intercept_bytes - 10.0).abs() < 1e-6, "{fit:?}");
+        assert!((fit.r_squared - 1.0).abs() < 1e-12);
+        assert!(fit.worst_residual_percent < 1e-6);
+        assert!(fit.points.iter().all(|point| point.residual_bytes.abs() < 1e-6));
+
+        let bent = least_squares(&[(0.0, 0.0), (1.0, 1.0), (2.0, 4.0), (3.0, 9.0)]).expect("a fit");
+        assert!(bent.r_squared < 0.95, "a parabola is not linear: {bent:?}");
+        // The line is 3x - 1: at x = 0 it says -1 where 0 was measured.
+        assert!((bent.worst_residual_percent - 100.0).abs() < 1e-9, "{bent:?}");
+        let residual_sum: f64 = bent.points.iter().map(|point| point.residual_bytes).sum();
+        assert!(residual_sum.abs() < 1e-9, "least-squares residuals sum to zero");
+
+        assert_eq!(least_squares(&[(1.0, 2.0)]), None);
+        assert_eq!(least_squares(&[(1.0, 2.0), (1.0, 3.0)]), None);
+        assert_eq!(least_squares(&[]), None);
+    }
+
+    #[test]
+    fn finds_a_number_in_json_text() {
+        let body = br#"{"canary_weight_bp":0,"data_plane":{"live_workers": 40000,"converged_workers":39998}}"#;
+        assert_eq!(json_number_after(body, b"\"live_workers\":"), Some(40_000));
+        assert_eq!(json_number_after(body, b"\"missing\":"), None);
+    }
+
+    #[test]
+    fn presets_are_valid_and_smoke_is_small() {
+        let full = ScaleOptions::preset(false);
+        full.validate().expect("valid");
+        assert_eq!(full.max_workers(), 40_000);
+        let smoke = ScaleOptions::preset(true);
+        smoke.validate().expect("valid");
+        assert_eq!(smoke.max_workers(), 40);
+        assert!(smoke.window_s <= 2.0);
+        let mut bad = smoke.clone();
+        bad.window_s = 0.0;
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn latency_summary_in_ms() {
+        let mut histogram = LatencyHistogram::new();
+        for us in 1..=1_000 {
+            histogram.record_us(us);
+        }
+        let summary = LatencySummary::of(&histogram).expect("samples");
+        assert_eq!(summary.count, 1_000);
+        assert!((summary.p50 - 0.5).abs() < 0.01, "{summary:?}");
+        assert!((summary.p99 - 0.99).abs() < 0.01, "{summary:?}");
+        assert!(summary.max >= 1.0 && summary.max < 1.01, "{summary:?}");
+        assert_eq!(LatencySummary::of(&LatencyHistogram::new()), None);
+    }
+}

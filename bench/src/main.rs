@@ -145,6 +145,10 @@ async fn run_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let markdown = propagation::markdown(&result);
     let (json_path, markdown_path) =
         results::write(&out_dir, "propagation", &result, &markdown).context("writing the results")?;
+    match propagation::plot(&result.runs, &out_dir) {
+        Ok(path) => println!("plot: {}", path.display()),
+        Err(error) => eprintln!("warning: plot not drawn: {error:#}"),
+    }
     println!("{}", propagation::table(&result.runs));
     println!("{}", propagation::breakdown_table(&result.runs));
     let ratios = propagation::ratios(&result.runs);
@@ -204,6 +208,10 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let markdown = scale::markdown(&result);
     let (json_path, markdown_path) =
         results::write(&out_dir, "scale", &result, &markdown).context("writing the results")?;
+    match scale::plot(&result, &out_dir) {
+        Ok(path) => println!("plot: {}", path.display()),
+        Err(error) => eprintln!("warning: plot not drawn: {error:#}"),
+    }
     println!("{}", scale::sizes_table(&result.sizes));
     if let Some(saturation) = &result.saturation {
         println!("{}", scale::saturation_table(saturation));

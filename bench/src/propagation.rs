@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +41,7 @@ use hyper::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::plots::{self, LineChart, Marker, Series, XScale};
 use crate::quantiles::Quantiles;
 use crate::report::{self, Bound, Verdict};
 use crate::results::RunContext;
@@ -504,6 +506,38 @@ impl From<&LoadReport> for BackgroundLoad {
 /// The per-concurrency table, in Markdown (readable as plain text too): the
 /// data-plane measure, then the confirmation as the analyzer and the client
 /// saw it.
+/// `propagation-cdf.svg`: per concurrency, the CDF of the data-plane
+/// measure (last canary send) and of the client's wait for `?wait=true`,
+/// with the 20 ms target as a vertical line.
+pub fn plot(runs: &[ConcurrencyRun], dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut series = Vec::new();
+    for run in runs {
+        let last_sends: Vec<f64> =
+            run.samples.iter().filter_map(|sample| sample.data_plane.last_canary_send_ms).collect();
+        let confirmations: Vec<f64> = run.samples.iter().map(|sample| sample.client_ms).collect();
+        series.push(Series {
+            label: format!("last canary send, concurrency {}", run.concurrency),
+            points: plots::cdf_points(&last_sends),
+        });
+        series.push(Series {
+            label: format!("?wait=true confirmed, concurrency {}", run.concurrency),
+            points: plots::cdf_points(&confirmations),
+        });
+    }
+    let path = dir.join("propagation-cdf.svg");
+    LineChart {
+        title: "Rollback propagation: CDF over rounds",
+        x_label: "ms after the rollback call was sent",
+        y_label: "% of rollbacks",
+        x_scale: XScale::Linear,
+        series: &series,
+        vertical_markers: &[Marker { label: format!("target p99 {TARGET_P99_MS} ms"), value: TARGET_P99_MS }],
+        horizontal_markers: &[],
+    }
+    .draw(&path)?;
+    Ok(path)
+}
+
 pub fn table(runs: &[ConcurrencyRun]) -> String {
     let mut out = String::from(
         "| concurrency | rounds | workers | last_canary_send_ms p50 | p90 | p99 | max | propagation_ms p50 | p90 | p99 \

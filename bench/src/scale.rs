@@ -1094,6 +1094,59 @@ fn mib_cell(bytes: Option<u64>) -> String {
 }
 
 /// The table of the sizes at the report interval.
+/// `scale-throughput.svg`: acknowledged reports per second against the
+/// number of simulated workers, at 1 Hz (with the offered rate) and in the
+/// saturation sweep, plus what one analyzer core would take at the measured
+/// cost, against the 50,000 reports/s target.
+pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
+    let at_one_hz = |value: fn(&SizeRun) -> Option<f64>| -> Vec<(f64, f64)> {
+        result.sizes.iter().filter_map(|size| Some((size.workers as f64, value(size)?))).collect()
+    };
+    let mut series = vec![
+        crate::plots::Series {
+            label: "offered at 1 Hz".to_owned(),
+            points: at_one_hz(|size| Some(size.expected_reports_per_second)),
+        },
+        crate::plots::Series {
+            label: "acknowledged at 1 Hz".to_owned(),
+            points: at_one_hz(|size| Some(size.window.reports_per_second)),
+        },
+        crate::plots::Series {
+            label: "per analyzer core at 1 Hz (measured cost)".to_owned(),
+            points: at_one_hz(|size| size.window.analyzer.reports_per_core_second),
+        },
+    ];
+    if let Some(saturation) = &result.saturation {
+        let steps = |value: fn(&SaturationStep) -> Option<f64>| -> Vec<(f64, f64)> {
+            saturation.steps.iter().filter_map(|step| Some((step.workers as f64, value(step)?))).collect()
+        };
+        series.push(crate::plots::Series {
+            label: "acknowledged, saturated".to_owned(),
+            points: steps(|step| Some(step.window.reports_per_second)),
+        });
+        series.push(crate::plots::Series {
+            label: "per analyzer core, saturated".to_owned(),
+            points: steps(|step| step.window.analyzer.reports_per_core_second),
+        });
+    }
+    series.retain(|series| !series.points.is_empty());
+    let path = dir.join("scale-throughput.svg");
+    crate::plots::LineChart {
+        title: "Analyzer ingest: reports/s against simulated filter workers",
+        x_label: "filter workers (proxies × workers per proxy)",
+        y_label: "reports per second",
+        x_scale: crate::plots::XScale::Log10,
+        series: &series,
+        vertical_markers: &[],
+        horizontal_markers: &[crate::plots::Marker {
+            label: "target 50,000 reports/s per core".to_owned(),
+            value: TARGET_REPORTS_PER_CORE_SECOND,
+        }],
+    }
+    .draw(&path)?;
+    Ok(path)
+}
+
 pub fn sizes_table(sizes: &[SizeRun]) -> String {
     let mut out = String::from(
         "| proxies × workers | reports/s (expected) | ingest p50 ms | p99 | max | analyzer CPU | waited for CPU \

@@ -313,6 +313,11 @@ impl Aggregate {
         convergence
     }
 
+    /// One worker's entry, pruned or not.
+    pub fn worker(&self, key: &WorkerKey) -> Option<&WorkerState> {
+        self.workers.get(key)
+    }
+
     /// The whole worker table, including workers not yet pruned: what the
     /// state file holds for deduplication after a restart.
     pub fn worker_table(&self) -> impl Iterator<Item = (&WorkerKey, &WorkerState)> {

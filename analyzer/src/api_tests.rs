@@ -676,3 +676,64 @@ fn token_comparison_table() {
     assert!(!constant_time_eq(b"abc", b"abcd"));
     assert!(constant_time_eq(b"", b""));
 }
+
+#[tokio::test]
+async fn acknowledged_counts_come_back_from_the_journal_and_a_torn_tail_is_dropped() {
+    use crate::journal::JournalDir;
+
+    let first = Harness::new();
+    first.sync(report(5, 1, 1, 0, 4, false)).await;
+    first.sync(report(6, 1, 1, 0, 3, true)).await;
+    let before = first.rollout().await;
+    let state_dir = first.dir.path().join("state");
+    let journal_dir = JournalDir::new(&state_dir);
+    assert_eq!(journal_dir.generations().expect("list"), vec![1]);
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join(crate::store::STATE_FILE_NAME)).expect("read"))
+            .expect("json");
+    assert_eq!(saved["totals"]["stable"]["requests"], 0, "the commits went to the journal, not the snapshot");
+    // As after `kill -9` in the middle of the next append.
+    let journal_path = journal_dir.path(1);
+    let journal = std::fs::read(&journal_path).expect("read");
+    let mut torn = journal.clone();
+    // The start of a record where the next one goes: a whole frame, part of
+    // the payload.
+    let end = crate::journal::scan(&journal).expect("valid").valid_bytes;
+    torn[end..end + 30].copy_from_slice(&journal[crate::journal::HEADER_BYTES..crate::journal::HEADER_BYTES + 30]);
+    std::fs::write(&journal_path, &torn).expect("write");
+    let Harness { dir, state: _first_state, app: _ } = first;
+
+    let second = Harness::open(dir, |_| {});
+    let after = second.rollout().await;
+    for pointer in ["/versions/stable/total", "/versions/canary/total", "/versions/stable/since_weights_change"] {
+        assert_eq!(after.pointer(pointer), before.pointer(pointer), "{pointer}");
+    }
+    assert_eq!(*total_requests(&after, "stable"), 7);
+    // The re-send of an acknowledged report is a duplicate after the restart.
+    second.sync(report(6, 1, 1, 0, 3, true)).await;
+    assert_eq!(*total_requests(&second.rollout().await, "stable"), 7);
+    // The startup snapshot holds everything, so the old generation is gone.
+    let journal_dir = JournalDir::new(&second.dir.path().join("state"));
+    assert_eq!(journal_dir.generations().expect("list"), vec![2]);
+}
+
+#[tokio::test]
+async fn a_damaged_journal_record_before_a_valid_one_stops_startup_naming_file_and_offset() {
+    use crate::journal::{HEADER_BYTES, JournalDir};
+
+    let first = Harness::new();
+    first.sync(report(5, 1, 1, 0, 4, false)).await;
+    first.sync(report(5, 2, 1, 0, 4, false)).await;
+    let state_dir = first.dir.path().join("state");
+    let journal_path = JournalDir::new(&state_dir).path(1);
+    let mut journal = std::fs::read(&journal_path).expect("read");
+    // The first record's payload (after its 12-byte frame): a valid record
+    // follows it, so this cannot be a torn write.
+    journal[HEADER_BYTES + 20] ^= 0x40;
+    std::fs::write(&journal_path, &journal).expect("write");
+    let Harness { dir, state: _first_state, app: _ } = first;
+    let error = AppState::open(Config::with_state_dir(dir.path().join("state"))).expect_err("refuses to start");
+    let message = error.to_string();
+    assert!(message.contains(&journal_path.display().to_string()), "{message}");
+    assert!(message.contains(&format!("at byte {HEADER_BYTES}")), "{message}");
+}

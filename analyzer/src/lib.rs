@@ -45,6 +45,7 @@ pub mod config;
 pub mod controller;
 pub mod hosts;
 pub mod http_client;
+pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod rollout;

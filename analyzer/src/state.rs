@@ -7,17 +7,23 @@
 //!   that are on disk. A weight change is written to the weights file
 //!   ([`crate::weights_file`]: one `pwrite` + `fdatasync`, outside the
 //!   reports' group commit) and published right after; the persister also
-//!   publishes the weights of each state file it wrote, which only matters
+//!   publishes the weights of each journal record it wrote, which only matters
 //!   when the weights file could not be written. Publishing never goes back
 //!   to an older version, whichever of the two gets there first. A weight
 //!   change is therefore durable before any filter can apply it.
 //! - At startup the newer of the two files' weights wins, and the weights
 //!   file is brought up to date before anything is published.
-//! - A sync is acknowledged only once its ingest is durable, so a `kill -9`
-//!   never loses acknowledged counts and never double counts a re-send.
+//! - A sync is acknowledged only once its ingest is durable (its journal
+//!   record is fsynced), so a `kill -9` never loses acknowledged counts and
+//!   never double counts a re-send.
+//! - Commit cost follows the batch: a record holds the counters and the
+//!   workers that changed since the previous one. The whole state is copied
+//!   under the lock only for a snapshot (every [`SNAPSHOT_INTERVAL`] of
+//!   traffic), and serialised and written outside it while commits go on.
 //! - The lock around the aggregate is a `std` mutex held for microseconds
 //!   and never across an `.await`.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,12 +33,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{
-    Aggregate, AggregateSettings, Convergence, IngestOutcome, RolloutView, VersionCounts, WeightsRecord, WorkerKey,
+    Aggregate, AggregateSettings, Convergence, DurableParts, IngestOutcome, RolloutView, VersionCounts, WeightsRecord,
+    WorkerKey,
 };
 use crate::config::Config;
 use crate::controller::{self, Controller, Loaded};
 use crate::hosts::{self, HostHealthCell};
 use crate::http_client::HttpClient;
+use crate::journal::{self, CommitRecord, JournalDir, JournalWriter, ReplayState};
 use crate::metrics::{self, MetricsSnapshot, RejectReason, ReportCounters};
 use crate::notify::Notifier;
 use crate::store::{Durability, NotDurable, StateFile, Store, StoreError};
@@ -41,10 +49,15 @@ use crate::weights_file::WeightsFile;
 /// Longest wait for the state to reach disk before a request gives up with
 /// 503. A filter then re-sends the same report, which is deduplicated.
 pub const DURABILITY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between attempts when the state file cannot be written.
+/// Pause between attempts when the journal or a snapshot cannot be written.
 const PERSIST_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// Write attempts on shutdown before giving up on a failing disk.
 const SHUTDOWN_WRITE_ATTEMPTS: u32 = 3;
+/// Longest time between the first journal record after a snapshot and the
+/// next snapshot: bounds the replay at startup to seconds of records.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+/// Journal size that makes a snapshot due at once, whatever the time.
+const SNAPSHOT_JOURNAL_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Handle to the analyzer's state; cheap to clone.
 #[derive(Clone)]
@@ -85,7 +98,9 @@ impl AppState {
             worker_stale_after_ms: config.worker_stale_after_ms,
         };
         let now_unix_ms = unix_now_ms();
-        let (mut aggregate, fresh) = match store.load()? {
+        let journal_dir = JournalDir::new(store.dir());
+        let (replayed, next_journal_generation) = recover(&store, &journal_dir, now_unix_ms)?;
+        let (mut aggregate, fresh) = match replayed {
             Some(parts) => (Aggregate::restore(settings, now_unix_ms, parts), false),
             None => (Aggregate::new(settings, now_unix_ms), true),
         };
@@ -93,9 +108,6 @@ impl AppState {
         // the weights file's record wins when it is newer.
         let weights_file = WeightsFile::open(store.dir())?;
         let from_weights_file = weights_file.as_ref().is_some_and(|(_, record)| aggregate.adopt_newer_weights(*record));
-        // The state file should catch up with what changed here; nothing
-        // waits for it.
-        let mut snapshot_behind = fresh || from_weights_file;
         let loaded = Loaded::read(store.dir())?;
         // The rollout file is the source of truth for the weight while a
         // rollout holds it (a crash may have come between recording a
@@ -106,7 +118,6 @@ impl AppState {
             && aggregate.change_weight(wanted, now_unix_ms).is_some()
         {
             tracing::warn!(canary_weight = %wanted, "weights corrected to the rollout's before serving");
-            snapshot_behind = true;
         }
         let weights = aggregate.weights();
         // Whatever won, the weights file holds it before it is published:
@@ -147,6 +158,26 @@ impl AppState {
             canary_weight = %weights.weights.canary_weight,
             "state loaded"
         );
+        // A new journal generation for this process, then a snapshot of what
+        // was recovered (and corrected above), which makes the older files
+        // stale. Nothing is acknowledged before the journal file exists; the
+        // snapshot may fail (the persister retries it) without harm, since
+        // the files it would replace stay until one succeeds.
+        let journal = journal_dir.create(next_journal_generation).map_err(|source| StoreError::JournalIo {
+            path: journal_dir.path(next_journal_generation),
+            action: "cannot create it",
+            source,
+        })?;
+        let mut persister = Persister::new(journal_dir, journal);
+        let startup_snapshot = StateFile::capture(&aggregate, next_journal_generation);
+        match store.save(&startup_snapshot) {
+            Ok(()) => persister.journal_dir.remove_before(next_journal_generation),
+            Err(error) => {
+                tracing::error!(%error, "cannot write the startup snapshot; retrying in the background");
+                persister.snapshot_at = Some(Instant::now());
+            }
+        }
+        drop(startup_snapshot);
         let client = HttpClient::new();
         let host_health = HostHealthCell::default();
         let notifier = Notifier::start(&config.notify, client.clone());
@@ -157,7 +188,7 @@ impl AppState {
             config,
             store,
             weights_file: Arc::new(Mutex::new(weights_file)),
-            core: Mutex::new(Core { aggregate, generation: 0 }),
+            core: Mutex::new(Core { aggregate, generation: 0, changed_workers: HashSet::new() }),
             published: ArcSwap::from_pointee(weights),
             weights_version_tx: watch::Sender::new(weights.weights.weights_version),
             applied_tx: watch::Sender::new(0),
@@ -167,13 +198,7 @@ impl AppState {
             reports: ReportCounters::default(),
             persister: Mutex::new(None),
         });
-        if snapshot_behind {
-            // Write the state file at once: a fresh one, or one that lags
-            // the weights file.
-            let generation = inner.bump_generation();
-            inner.durability.request(generation);
-        }
-        let persister = tokio::spawn(persist_loop(inner.clone()));
+        let persister = tokio::spawn(persist_loop(inner.clone(), persister));
         *inner.persister.lock().unwrap_or_else(PoisonError::into_inner) = Some(persister);
         let state = AppState { inner };
         let config = &state.inner.config;
@@ -238,6 +263,8 @@ impl AppState {
         let (outcome, generation) = {
             let mut core = self.inner.lock_core();
             let outcome = core.aggregate.ingest(report, now_unix_ms);
+            let key = WorkerKey { proxy_id: report.header.proxy_id.clone(), worker_id: report.header.worker_id };
+            core.changed_workers.insert(key);
             core.generation += 1;
             (outcome, core.generation)
         };
@@ -273,10 +300,10 @@ impl AppState {
     /// returns the weights in force. Changes are serialised so that versions
     /// are handed out in order (and the weights file has one writer).
     ///
-    /// The fast path writes the weights file and publishes; the state file
+    /// The fast path writes the weights file and publishes; the journal
     /// catches up with the next group commit and nothing waits for it. If
-    /// the weights file cannot be written, the change waits for the state
-    /// file instead, as every change did before the weights file existed.
+    /// the weights file cannot be written, the change waits for a journal
+    /// record instead, whose weights are durable too.
     pub async fn set_canary_weight(&self, canary_weight: CanaryWeight) -> Result<WeightChange, NotDurable> {
         let _one_change_at_a_time = self.inner.weight_change.lock().await;
         let now_unix_ms = unix_now_ms();
@@ -284,10 +311,10 @@ impl AppState {
             let mut core = self.inner.lock_core();
             match core.aggregate.change_weight(canary_weight, now_unix_ms) {
                 Some(weights) => {
-                    // The state file must hold the new weights and the reset
+                    // The journal must hold the new weights and the reset
                     // since-change counts too, but the next report's commit
-                    // writes them: requesting a commit here would only put a
-                    // whole-state write on the disk next to this one.
+                    // writes them: requesting a commit here would only put
+                    // another fsync on the disk next to this one.
                     core.generation += 1;
                     (weights, true, core.generation)
                 }
@@ -310,7 +337,7 @@ impl AppState {
         match self.inner.write_weights_file(weights).await {
             Ok(()) => self.inner.publish(weights),
             Err(error) => {
-                tracing::error!(%error, "cannot write the weights file; waiting for the state file instead");
+                tracing::error!(%error, "cannot write the weights file; waiting for the journal instead");
                 self.inner.durability.request(generation);
                 self.wait_durable(generation).await?;
             }
@@ -436,6 +463,9 @@ struct Core {
     aggregate: Aggregate,
     /// Incremented by every change that must reach disk.
     generation: u64,
+    /// Workers whose entry changed since the last journal record: what the
+    /// next record carries besides the (small) counters.
+    changed_workers: HashSet<WorkerKey>,
 }
 
 impl Inner {
@@ -443,30 +473,6 @@ impl Inner {
         // Nothing that runs under the lock can leave the aggregate half
         // updated in a way that matters more than stopping would.
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn bump_generation(&self) -> u64 {
-        let mut core = self.lock_core();
-        core.generation += 1;
-        core.generation
-    }
-
-    /// Writes the newest state, publishes its weights, and marks its
-    /// generation durable.
-    async fn persist_once(&self) -> Result<(), String> {
-        let (generation, file, weights) = {
-            let core = self.lock_core();
-            (core.generation, StateFile::capture(&core.aggregate), core.aggregate.weights())
-        };
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.save(&file)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(error) => return Err(format!("state writer task failed: {error}")),
-        }
-        self.publish(weights);
-        self.durability.mark_durable(generation);
-        Ok(())
     }
 
     /// Writes `weights` to the weights file: blocking work of about a
@@ -515,10 +521,245 @@ impl Inner {
     }
 }
 
-/// The one writer of the state file: whenever the requested generation is
-/// ahead of the durable one, write the newest snapshot. Exits on shutdown
-/// once everything requested is on disk.
-async fn persist_loop(inner: Arc<Inner>) {
+/// The state directory's recovery: the snapshot, then the journal files
+/// from the snapshot's generation on. Returns the durable parts (`None`: a
+/// fresh state) and the generation for this process's journal file.
+fn recover(
+    store: &Store,
+    journal_dir: &JournalDir,
+    now_unix_ms: u64,
+) -> Result<(Option<DurableParts>, u64), StoreError> {
+    let (snapshot, snapshot_generation) = match store.load()? {
+        Some((parts, generation)) => (Some(parts), generation),
+        None => (None, None),
+    };
+    let list_error = |source| StoreError::JournalIo { path: store.dir().to_owned(), action: "cannot list", source };
+    let present = journal_dir.generations().map_err(list_error)?;
+    let plan = journal::plan_replay(snapshot_generation, &present)
+        .map_err(|message| StoreError::JournalCorrupt { path: store.dir().to_owned(), message })?;
+    let mut state = snapshot.map(ReplayState::from);
+    for &generation in &plan {
+        let path = journal_dir.path(generation);
+        let bytes = std::fs::read(&path).map_err(|source| StoreError::JournalIo {
+            path: path.clone(),
+            action: "cannot read it",
+            source,
+        })?;
+        let scan = journal::scan(&bytes).map_err(|corrupt| StoreError::JournalCorrupt {
+            path: path.clone(),
+            message: format!("at byte {}: {}", corrupt.offset, corrupt.message),
+        })?;
+        if scan.generation != generation {
+            return Err(StoreError::JournalCorrupt {
+                path,
+                message: format!("its header says generation {}", scan.generation),
+            });
+        }
+        if scan.valid_bytes < bytes.len() {
+            // Never acknowledged: the append that wrote it did not finish.
+            tracing::warn!(
+                path = %path.display(),
+                at_byte = scan.valid_bytes,
+                discarded_bytes = bytes.len() - scan.valid_bytes,
+                "journal: discarding a torn last record"
+            );
+        }
+        let records = scan.records.len();
+        let state = state.get_or_insert_with(|| {
+            ReplayState::from(DurableParts {
+                weights: WeightsRecord::initial(now_unix_ms),
+                totals: Default::default(),
+                since_weights_change: Default::default(),
+                workers: Vec::new(),
+            })
+        });
+        for record in scan.records {
+            state.apply(record);
+        }
+        tracing::info!(path = %path.display(), records, "journal replayed");
+    }
+    let newest_present = present.iter().copied().max().unwrap_or(0);
+    let next_generation = newest_present.max(snapshot_generation.unwrap_or(0)).saturating_add(1);
+    Ok((state.map(DurableParts::from), next_generation))
+}
+
+/// How a snapshot task ended: the generation it named, and its result.
+type SnapshotOutcome = (u64, Result<(), String>);
+
+/// The persister's own state: the journal being appended to and the
+/// snapshot schedule. Owned by [`persist_loop`], so it needs no lock.
+struct Persister {
+    journal_dir: JournalDir,
+    /// `None` after a failed append (the file may end in a partial record)
+    /// or a lost writer: the next commit starts a new generation.
+    journal: Option<JournalWriter>,
+    /// The generation the next new journal file gets.
+    next_generation: u64,
+    /// When the next snapshot is due; `None` while nothing since the last
+    /// one needs it.
+    snapshot_at: Option<Instant>,
+    snapshot_task: Option<JoinHandle<SnapshotOutcome>>,
+}
+
+impl Persister {
+    fn new(journal_dir: JournalDir, journal: JournalWriter) -> Persister {
+        Persister {
+            journal_dir,
+            next_generation: journal.generation().saturating_add(1),
+            journal: Some(journal),
+            snapshot_at: None,
+            snapshot_task: None,
+        }
+    }
+
+    /// Creates the next journal generation's file.
+    async fn new_generation(&mut self) -> Result<JournalWriter, String> {
+        let journal_dir = self.journal_dir.clone();
+        let generation = self.next_generation;
+        let created = tokio::task::spawn_blocking(move || {
+            journal_dir
+                .create(generation)
+                .map_err(|error| format!("{}: {error}", journal_dir.path(generation).display()))
+        })
+        .await
+        .unwrap_or_else(|error| Err(format!("journal writer task failed: {error}")))?;
+        self.next_generation = generation.saturating_add(1);
+        Ok(created)
+    }
+
+    /// One group commit: appends the record of everything changed since the
+    /// previous one, then publishes its weights and marks its generation
+    /// durable.
+    async fn commit(&mut self, inner: &Inner) -> Result<(), String> {
+        let mut journal = match self.journal.take() {
+            Some(journal) => journal,
+            None => self.new_generation().await?,
+        };
+        let (generation, record, changed) = {
+            let mut core = inner.lock_core();
+            let changed = std::mem::take(&mut core.changed_workers);
+            let record = CommitRecord::capture(&core.aggregate, &changed);
+            (core.generation, record, changed)
+        };
+        let weights = record.weights;
+        let appended = tokio::task::spawn_blocking(move || {
+            let result = journal.append(&record);
+            (journal, result)
+        })
+        .await;
+        let failure = match appended {
+            Ok((journal, Ok(()))) => {
+                let journal_bytes = journal.len_bytes();
+                self.journal = Some(journal);
+                let now = Instant::now();
+                let due = if journal_bytes >= SNAPSHOT_JOURNAL_BYTES { now } else { now + SNAPSHOT_INTERVAL };
+                self.snapshot_at = Some(self.snapshot_at.map_or(due, |at| at.min(due)));
+                inner.publish(weights);
+                inner.durability.mark_durable(generation);
+                return Ok(());
+            }
+            // The file may now end in a partial record: leave it (a torn
+            // tail is discarded at recovery) and start a new generation.
+            Ok((_, Err(error))) => error.to_string(),
+            Err(error) => format!("journal writer task failed: {error}"),
+        };
+        // The record never reached disk: its workers go into the next one.
+        inner.lock_core().changed_workers.extend(changed);
+        Err(failure)
+    }
+
+    fn snapshot_due(&self) -> bool {
+        self.snapshot_task.is_none() && self.snapshot_at.is_some_and(|at| at <= Instant::now())
+    }
+
+    /// Starts a snapshot: a new journal generation (unless the current one
+    /// has no record yet), a copy of the state taken at that point, and a
+    /// background task that writes it and then deletes the older journal
+    /// files. Commits go on meanwhile, into the new generation.
+    async fn start_snapshot(&mut self, inner: &Inner) -> Result<(), String> {
+        let journal = match self.journal.take() {
+            Some(journal) if journal.len_bytes() <= journal::HEADER_BYTES as u64 => journal,
+            // The old writer (if any) is closed; its file stays for replay
+            // until the snapshot is durable.
+            _ => self.new_generation().await?,
+        };
+        let generation = journal.generation();
+        self.journal = Some(journal);
+        // No commit runs between the new generation and this copy (this task
+        // is the only committer), so the generation's records hold only
+        // changes after it; changes not yet committed are in both, and
+        // replaying them again is harmless (absolute counters, upserts).
+        let file = StateFile::capture(&inner.lock_core().aggregate, generation);
+        let store = inner.store.clone();
+        let journal_dir = self.journal_dir.clone();
+        self.snapshot_at = None;
+        self.snapshot_task = Some(tokio::task::spawn_blocking(move || {
+            let result = store.save(&file).map_err(|error| error.to_string());
+            if result.is_ok() {
+                journal_dir.remove_before(generation);
+            }
+            (generation, result)
+        }));
+        Ok(())
+    }
+
+    /// Handles a finished snapshot task.
+    fn snapshot_finished(&mut self, outcome: Result<SnapshotOutcome, tokio::task::JoinError>) {
+        self.snapshot_task = None;
+        let error = match outcome {
+            Ok((generation, Ok(()))) => {
+                tracing::debug!(journal_generation = generation, "snapshot written");
+                return;
+            }
+            Ok((_, Err(error))) => error,
+            Err(error) => format!("snapshot writer task failed: {error}"),
+        };
+        tracing::error!(%error, "cannot write the snapshot; the journal keeps growing until one succeeds");
+        let retry_at = Instant::now() + PERSIST_RETRY_BACKOFF;
+        self.snapshot_at = Some(self.snapshot_at.map_or(retry_at, |at| at.max(retry_at)));
+    }
+
+    /// Between commits: collects a finished snapshot and starts a due one.
+    async fn housekeeping(&mut self, inner: &Inner) {
+        if let Some(task) = self.snapshot_task.as_mut()
+            && task.is_finished()
+        {
+            let outcome = task.await;
+            self.snapshot_finished(outcome);
+        }
+        if self.snapshot_due()
+            && let Err(error) = self.start_snapshot(inner).await
+        {
+            tracing::error!(%error, "cannot start a snapshot; retrying");
+            self.snapshot_at = Some(Instant::now() + PERSIST_RETRY_BACKOFF);
+        }
+    }
+
+    /// At shutdown, once every commit is durable: a last snapshot, so that
+    /// the next start has no journal to replay. Best effort: the journal
+    /// already holds everything.
+    async fn finish(&mut self, inner: &Inner) {
+        if let Some(task) = self.snapshot_task.take() {
+            self.snapshot_finished(task.await);
+        }
+        match self.start_snapshot(inner).await {
+            Ok(()) => {
+                if let Some(task) = self.snapshot_task.take() {
+                    self.snapshot_finished(task.await);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot write the snapshot at shutdown; the journal holds everything")
+            }
+        }
+    }
+}
+
+/// The one writer of the journal and the snapshots: whenever the requested
+/// generation is ahead of the durable one, append a record; between
+/// commits, take a due snapshot. Exits on shutdown once everything requested
+/// is on disk.
+async fn persist_loop(inner: Arc<Inner>, mut persister: Persister) {
     let mut requested_rx = inner.durability.requested();
     let mut shutdown_rx = inner.shutdown_tx.subscribe();
     // Catch up before the first wait: requests made before this task first
@@ -527,16 +768,17 @@ async fn persist_loop(inner: Arc<Inner>) {
     loop {
         let mut failures = 0u32;
         loop {
+            persister.housekeeping(&inner).await;
             let requested = *requested_rx.borrow_and_update();
             if inner.durability.durable_generation() >= requested {
                 break;
             }
-            if let Err(error) = inner.persist_once().await {
+            if let Err(error) = persister.commit(&inner).await {
                 failures += 1;
                 tracing::error!(%error, failures, "cannot persist the analyzer state; retrying");
                 inner.durability.mark_failed(error);
                 if stopping && failures >= SHUTDOWN_WRITE_ATTEMPTS {
-                    tracing::error!("giving up on the state file at shutdown; unacknowledged changes are lost");
+                    tracing::error!("giving up on the journal at shutdown; unacknowledged changes are lost");
                     return;
                 }
                 tokio::select! {
@@ -546,12 +788,44 @@ async fn persist_loop(inner: Arc<Inner>) {
             }
         }
         if stopping {
+            persister.finish(&inner).await;
             tracing::info!(path = %inner.store.path().display(), "state flushed");
             return;
         }
-        stopping = tokio::select! {
-            changed = requested_rx.changed() => changed.is_err(),
-            _ = shutdown_rx.wait_for(|stopping| *stopping) => true,
+        // Idle: wake for a request, shutdown, a finished snapshot, or a due
+        // one.
+        let snapshot_wake = persister.snapshot_at.filter(|_| persister.snapshot_task.is_none());
+        let woke = tokio::select! {
+            changed = requested_rx.changed() => Wake::Stop(changed.is_err()),
+            _ = shutdown_rx.wait_for(|stopping| *stopping) => Wake::Stop(true),
+            _ = sleep_until_or_never(snapshot_wake) => Wake::Stop(false),
+            outcome = wait_task(persister.snapshot_task.as_mut()) => Wake::Snapshot(outcome),
         };
+        stopping = match woke {
+            Wake::Stop(stop) => stop,
+            Wake::Snapshot(outcome) => {
+                persister.snapshot_finished(outcome);
+                false
+            }
+        };
+    }
+}
+
+enum Wake {
+    Stop(bool),
+    Snapshot(Result<SnapshotOutcome, tokio::task::JoinError>),
+}
+
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_task(task: Option<&mut JoinHandle<SnapshotOutcome>>) -> Result<SnapshotOutcome, tokio::task::JoinError> {
+    match task {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }

@@ -1,10 +1,12 @@
 //! The state file and the group-commit counters around it.
 //!
-//! The state file (`state.json` in `--state-dir`) holds what must survive a
-//! `kill -9`: the weights, per-version totals, the since-change aggregate and
-//! the worker table that deduplicates re-sent reports. It is JSON so that an
-//! operator can read it in an incident; at a few hundred kilobytes at worst
-//! it serialises in well under a millisecond, far below the cost of the fsync.
+//! The state file (`state.json` in `--state-dir`) is a snapshot of what must
+//! survive a `kill -9`: the weights, per-version totals, the since-change
+//! aggregate and the worker table that deduplicates re-sent reports. Group
+//! commits do not rewrite it (at 40k workers it is megabytes): they append to
+//! the journal ([`crate::journal`]), and the snapshot is taken every few
+//! seconds off the commit path and names the journal generation to replay
+//! after it. It is JSON so that an operator can read it in an incident.
 //! Its weights may lag: a weight change is made durable in the weights file
 //! ([`crate::weights_file`]) without waiting for this one, which catches up
 //! with the next group commit, and at startup the newer of the two wins.
@@ -15,11 +17,12 @@
 //! one, never a mix.
 //!
 //! Group commit: every change bumps a generation number and asks for it to be
-//! persisted ([`Durability::request`]); one persister writes the newest
-//! snapshot whenever the requested generation is ahead of the durable one and
-//! then publishes the generation it wrote ([`Durability::mark_durable`]).
-//! Callers wait for `durable >= their generation`, so one fsync acknowledges
-//! every change that came in while the previous one was being written.
+//! persisted ([`Durability::request`]); one persister appends a journal
+//! record of everything changed whenever the requested generation is ahead of
+//! the durable one and then publishes the generation it covers
+//! ([`Durability::mark_durable`]). Callers wait for `durable >= their
+//! generation`, so one fsync acknowledges every change that came in while the
+//! previous one was being written.
 
 use std::fs::File;
 use std::io::Write;
@@ -35,8 +38,11 @@ use crate::aggregate::{Aggregate, DurableParts, VersionCounts, WeightsRecord, Wo
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE_NAME: &str = "state.json";
-/// Version of the state file layout; bumped on incompatible changes.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+/// Version of the state file layout; bumped on incompatible changes. Version
+/// 2 added `journal_generation`; version 1 files (written before the journal
+/// existed) are still read. An older build refuses a version 2 file rather
+/// than ignore the journal and lose its counts.
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// Why the state could not be loaded or saved. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,13 @@ pub enum StoreError {
     Corrupt { path: PathBuf, message: String },
     #[error("state file {path}: cannot write it: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("journal {path}: {action}: {source}")]
+    JournalIo { path: PathBuf, action: &'static str, source: std::io::Error },
+    #[error(
+        "journal {path}: corrupt: {message} (it may hold acknowledged counts: restore the state dir from a backup; \
+         moving the file away loses what it holds)"
+    )]
+    JournalCorrupt { path: PathBuf, message: String },
     #[error("weights file {path}: {action}: {source}")]
     WeightsIo { path: PathBuf, action: &'static str, source: std::io::Error },
     #[error(
@@ -85,7 +98,9 @@ impl Store {
     /// that exists but cannot be understood is an error, never a silent
     /// reset: starting afresh would send every filter back to 0% canary and
     /// lose the totals.
-    pub fn load(&self) -> Result<Option<DurableParts>, StoreError> {
+    /// With the parts comes the journal generation the snapshot was taken at
+    /// (`None` for a version 1 file).
+    pub fn load(&self) -> Result<Option<(DurableParts, Option<u64>)>, StoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -93,7 +108,8 @@ impl Store {
         };
         let corrupt = |message: String| StoreError::Corrupt { path: self.path.clone(), message };
         let file: StateFile = serde_json::from_slice(&bytes).map_err(|error| corrupt(error.to_string()))?;
-        file.into_parts().map(Some).map_err(corrupt)
+        let journal_generation = file.journal_generation;
+        file.into_parts().map(|parts| Some((parts, journal_generation))).map_err(corrupt)
     }
 
     /// Replaces the state file atomically (see the module docs). Blocking.
@@ -136,6 +152,10 @@ pub fn read_if_exists(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub format_version: u32,
+    /// The journal generation started when this snapshot was taken: replay
+    /// begins with its file. Absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_generation: Option<u64>,
     pub weights: WeightsDoc,
     pub totals: PerVersionDoc,
     pub since_weights_change: PerVersionDoc,
@@ -182,8 +202,9 @@ pub struct WorkerDoc {
 }
 
 impl StateFile {
-    /// The document for the aggregate's current state.
-    pub fn capture(aggregate: &Aggregate) -> StateFile {
+    /// The document for the aggregate's current state, as a snapshot taken
+    /// when journal generation `journal_generation` started.
+    pub fn capture(aggregate: &Aggregate, journal_generation: u64) -> StateFile {
         let record = aggregate.weights();
         let per_version = |counts: &[VersionCounts; 2]| PerVersionDoc {
             stable: CountsDoc::from(&counts[0]),
@@ -191,6 +212,7 @@ impl StateFile {
         };
         StateFile {
             format_version: STATE_FORMAT_VERSION,
+            journal_generation: Some(journal_generation),
             weights: WeightsDoc {
                 weights_version: record.weights.weights_version,
                 canary_weight_bp: u64::from(record.weights.canary_weight.bp()),
@@ -214,10 +236,18 @@ impl StateFile {
     /// Validates the document and turns it back into aggregate parts; the
     /// error names the offending field.
     pub fn into_parts(self) -> Result<DurableParts, String> {
-        if self.format_version != STATE_FORMAT_VERSION {
+        let expects_journal = match self.format_version {
+            1 => false,
+            STATE_FORMAT_VERSION => true,
+            other => {
+                return Err(format!(
+                    "format_version is {other}, this build reads versions 1 and {STATE_FORMAT_VERSION}"
+                ));
+            }
+        };
+        if expects_journal != self.journal_generation.is_some() {
             return Err(format!(
-                "format_version is {}, this build reads version {STATE_FORMAT_VERSION}",
-                self.format_version
+                "journal_generation must be present in format_version {STATE_FORMAT_VERSION} and only there"
             ));
         }
         let canary_weight = CanaryWeight::from_bp(self.weights.canary_weight_bp)
@@ -411,11 +441,12 @@ mod tests {
         assert!(store.load().expect("no file yet").is_none(), "a missing file means fresh state");
 
         let aggregate = busy_aggregate();
-        let saved = StateFile::capture(&aggregate);
+        let saved = StateFile::capture(&aggregate, 1);
         store.save(&saved).expect("save");
-        let parts = store.load().expect("load").expect("a file now");
+        let (parts, journal_generation) = store.load().expect("load").expect("a file now");
+        assert_eq!(journal_generation, Some(1));
         let restored = Aggregate::restore(SETTINGS, 5_000, parts);
-        assert_eq!(StateFile::capture(&restored), saved);
+        assert_eq!(StateFile::capture(&restored, 1), saved);
         assert_eq!(restored.weights(), aggregate.weights());
         assert_eq!(restored.totals()[1].latency_us.counts(), aggregate.totals()[1].latency_us.counts());
         assert_eq!(restored.totals()[0].requests, 8);
@@ -427,7 +458,7 @@ mod tests {
     fn a_corrupt_file_is_an_error_naming_the_file_and_problem() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
-        let valid = serde_json::to_value(StateFile::capture(&busy_aggregate())).expect("json");
+        let valid = serde_json::to_value(StateFile::capture(&busy_aggregate(), 1)).expect("json");
         let check = |bytes: Vec<u8>, problem: &str| {
             std::fs::write(store.path(), &bytes).expect("write");
             let message = store.load().expect_err("must be refused").to_string();
@@ -446,8 +477,27 @@ mod tests {
         wrong["workers"][0]["worker_id"] = "xyz".into();
         check(serde_json::to_vec(&wrong).expect("json"), "workers[0].worker_id");
         let mut wrong = valid;
-        wrong["format_version"] = 2.into();
+        wrong["format_version"] = 3.into();
         check(serde_json::to_vec(&wrong).expect("json"), "format_version");
+    }
+
+    #[test]
+    fn a_version_1_file_loads_without_a_journal_generation_and_version_2_needs_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut document = serde_json::to_value(StateFile::capture(&busy_aggregate(), 4)).expect("json");
+        assert_eq!(document["journal_generation"], 4);
+        // As written before the journal existed.
+        document["format_version"] = 1.into();
+        document.as_object_mut().expect("object").remove("journal_generation");
+        std::fs::write(store.path(), serde_json::to_vec(&document).expect("json")).expect("write");
+        let (parts, journal_generation) = store.load().expect("a version 1 file loads").expect("present");
+        assert_eq!(journal_generation, None);
+        assert_eq!(parts.totals[0].requests, 8);
+        document["format_version"] = STATE_FORMAT_VERSION.into();
+        std::fs::write(store.path(), serde_json::to_vec(&document).expect("json")).expect("write");
+        let message = store.load().expect_err("version 2 names its journal").to_string();
+        assert!(message.contains("journal_generation"), "{message}");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 //!    worker with its phase spread over the interval, a warm-up, then a
 //!    measured window: reports/s, ingest latency, analyzer CPU (per report
 //!    and utilisation, from schedstat), RSS, bytes written to storage and the
-//!    state file's size; then `GET /v1/rollout` timed under that load.
+//!    size of the state snapshot; then `GET /v1/rollout` timed under that load.
 //! 2. **Saturation**: workers that send the next report as soon as the
 //!    previous one is acknowledged (`max_hold_ms` 0), added in steps until
 //!    reports/s stops growing. Reports per second per analyzer core is the
@@ -398,13 +398,13 @@ pub struct AnalyzerWindow {
     pub reports_per_core_second: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
-    /// The state file at the end of the window: what every group commit
-    /// rewrites.
+    /// `state.json` at the end of the window: the periodic snapshot. Group
+    /// commits append to the journal instead, so this is what a snapshot
+    /// writes (every few seconds), not what each commit writes.
     pub state_file_bytes: Option<u64>,
+    /// Everything the analyzer wrote to storage (`/proc/PID/io`): journal
+    /// appends, snapshots and the weights file.
     pub storage_write_bytes_per_second: Option<f64>,
-    /// Storage writes over the state file's size: about how many group
-    /// commits per second the analyzer made.
-    pub estimated_commits_per_second: Option<f64>,
     /// `canary_reports_received_total` and `canary_reports_duplicate_total`
     /// over the window (a duplicate is a re-send after a failed sync).
     pub reports_received: Option<f64>,
@@ -973,9 +973,6 @@ fn summarize_window(
             peak_rss_bytes: after.peak_rss_bytes,
             state_file_bytes,
             storage_write_bytes_per_second,
-            estimated_commits_per_second: storage_write_bytes_per_second
-                .zip(state_file_bytes.filter(|&bytes| bytes > 0))
-                .map(|(per_second, file)| per_second / file as f64),
             reports_received,
             reports_duplicate,
             cpu,
@@ -1150,15 +1147,15 @@ pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
 pub fn sizes_table(sizes: &[SizeRun]) -> String {
     let mut out = String::from(
         "| proxies × workers | reports/s (expected) | ingest p50 ms | p99 | max | analyzer CPU | waited for CPU \
-         | µs/report | RSS | state file | commits/s (est.) | storage MB/s | GET /v1/rollout p50 ms | max \
-         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | µs/report | RSS | snapshot | storage MB/s | GET /v1/rollout p50 ms | max \
+         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in sizes {
         let window = &size.window;
         let analyzer = &window.analyzer;
         let _ = writeln!(
             out,
-            "| {} × {}{} | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} × {}{} | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} | {} |",
             size.proxies,
             size.workers / size.proxies.max(1),
             match size.connection_mode {
@@ -1177,7 +1174,6 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
             analyzer
                 .state_file_bytes
                 .map_or_else(|| "–".to_owned(), |bytes| format!("{:.0} KiB", bytes as f64 / 1024.0)),
-            number_cell(analyzer.estimated_commits_per_second, 1),
             number_cell(analyzer.storage_write_bytes_per_second.map(|bytes| bytes / 1e6), 1),
             number_cell(size.rollout_get.p50_ms, 1),
             number_cell(size.rollout_get.max_ms, 1),
@@ -1191,7 +1187,7 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
 pub fn saturation_table(run: &SaturationRun) -> String {
     let mut out = String::from(
         "| workers | reports/s | analyzer CPU | waited for CPU | reports per core-second | µs/report | ingest p50 ms \
-         | p99 | driver CPU | RSS | state file | failed syncs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | p99 | driver CPU | RSS | snapshot | failed syncs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (index, step) in run.steps.iter().enumerate() {
         let window = &step.window;
@@ -1341,8 +1337,8 @@ pub fn markdown(result: &ScaleResult) -> String {
          ingest, group commit, answer); CPU is the analyzer's, from schedstat, over the window; `waited for CPU` is the \
          time its threads were runnable but not running, summed over threads (its own threads share one core, so \
          some is normal; with CPU below 100% the rest is other processes on the core, and latencies then say more \
-         about the machine than the analyzer); `commits/s` is bytes written to storage over the state \
-         file's size.\n"
+         about the machine than the analyzer); `snapshot` is the size of `state.json`, written every few seconds \
+         (group commits append to the journal); `storage MB/s` is everything the analyzer wrote.\n"
     );
     out.push_str(&sizes_table(&result.sizes));
     if let Some(largest) = result.sizes.last() {

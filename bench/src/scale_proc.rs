@@ -24,7 +24,7 @@ use anyhow::{Context as _, bail};
 use canary_tests::process::ChildProcess;
 use serde::Serialize;
 
-/// The analyzer's state file, whose size is what every group commit writes.
+/// The analyzer's periodic state snapshot (group commits append to a journal).
 pub const STATE_FILE_NAME: &str = "state.json";
 
 /// `RLIMIT_NOFILE` before and after [`raise_open_files_limit`].
@@ -90,7 +90,7 @@ pub struct ProcSample {
     /// Peak resident set (`VmHWM`).
     pub peak_rss_bytes: Option<u64>,
     /// `write_bytes` of `/proc/PID/io`: bytes this process caused to be sent
-    /// to storage (the state file; sockets do not count).
+    /// to storage (journal, snapshots, weights file; sockets do not count).
     pub storage_write_bytes: Option<u64>,
 }
 
@@ -291,7 +291,7 @@ impl AnalyzerProcess {
         ProcSample::read(self.pid)
     }
 
-    /// Size of the state file now: what one group commit writes.
+    /// Size of the state snapshot now: what each periodic snapshot writes.
     pub fn state_file_bytes(&self) -> Option<u64> {
         std::fs::metadata(self.state_dir.join(STATE_FILE_NAME)).ok().map(|metadata| metadata.len())
     }

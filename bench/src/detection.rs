@@ -1449,23 +1449,12 @@ fn runs_table(scenario: &ScenarioRun) -> String {
 /// The `detection.md` next to the JSON.
 pub fn markdown(result: &DetectionResult) -> String {
     let context = &result.context;
-    let machine = &context.machine;
     let artifacts = &context.artifacts;
     let settings = &result.settings;
     let unknown = || "unknown".to_owned();
     let mut out = String::new();
     let _ = writeln!(out, "# Detection time end to end\n");
-    let _ = writeln!(
-        out,
-        "Measured on `{}` ({}, {} cores available, {} MiB), kernel {}, on {} (UTC).\n",
-        machine.hostname,
-        machine.cpu_model.clone().unwrap_or_else(unknown),
-        machine.cores_available.map_or_else(unknown, |cores| cores.to_string()),
-        machine.memory_total_mib.map_or_else(unknown, |mib| mib.to_string()),
-        machine.kernel.clone().unwrap_or_else(unknown),
-        crate::results::utc_date(context.started_at_unix_ms / 1_000),
-    );
-    let _ = writeln!(out, "- command: `{}`", context.command_line.join(" "));
+    out.push_str(&context.markdown_preamble());
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.clone().unwrap_or_else(unknown));
     let _ = writeln!(
         out,

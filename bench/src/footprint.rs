@@ -405,17 +405,9 @@ pub fn figures(result: &FootprintResult) -> String {
 /// The whole result in Markdown.
 pub fn markdown(result: &FootprintResult) -> String {
     let mut out = String::from("# Footprint (Envoy side)\n\n");
-    let machine = &result.context.machine;
+    out.push_str(&result.context.markdown_preamble());
     let artifacts = &result.context.artifacts;
-    let _ = writeln!(
-        out,
-        "- machine: {} ({}, {} cores available)",
-        machine.hostname,
-        machine.cpu_model.as_deref().unwrap_or("unknown"),
-        machine.cores_available.map_or_else(|| "unknown".to_owned(), |cores| cores.to_string())
-    );
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.as_deref().unwrap_or("unknown"));
-    let _ = writeln!(out, "- command: `{}`", result.context.command_line.join(" "));
     let _ = writeln!(
         out,
         "- source: {}{}",

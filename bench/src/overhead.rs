@@ -1515,20 +1515,10 @@ pub fn ratio_table(run: &ConcurrencyRun) -> String {
 /// The whole result in Markdown.
 pub fn markdown(result: &OverheadResult) -> String {
     let mut out = String::from("# Data-plane overhead\n\n");
-    let machine = &result.context.machine;
+    out.push_str(&result.context.markdown_preamble());
     let artifacts = &result.context.artifacts;
     let unknown = || "unknown".to_owned();
-    let _ = writeln!(
-        out,
-        "- machine: {} ({}, {} cores available, {} MiB, kernel {})",
-        machine.hostname,
-        machine.cpu_model.clone().unwrap_or_else(unknown),
-        machine.cores_available.map_or_else(unknown, |cores| cores.to_string()),
-        machine.memory_total_mib.map_or_else(unknown, |mib| mib.to_string()),
-        machine.kernel.clone().unwrap_or_else(unknown),
-    );
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.clone().unwrap_or_else(unknown));
-    let _ = writeln!(out, "- command: `{}`", result.context.command_line.join(" "));
     let _ = writeln!(
         out,
         "- source: {}{}",

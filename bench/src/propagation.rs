@@ -636,17 +636,7 @@ pub fn markdown(result: &PropagationResult) -> String {
     let unknown = || "unknown".to_owned();
     let mut out = String::new();
     let _ = writeln!(out, "# Rollback propagation\n");
-    let _ = writeln!(
-        out,
-        "Measured on `{}` ({}, {} cores available, {} MiB), kernel {}, on {} (UTC).\n",
-        machine.hostname,
-        machine.cpu_model.clone().unwrap_or_else(unknown),
-        machine.cores_available.map_or_else(unknown, |cores| cores.to_string()),
-        machine.memory_total_mib.map_or_else(unknown, |mib| mib.to_string()),
-        machine.kernel.clone().unwrap_or_else(unknown),
-        crate::results::utc_date(context.started_at_unix_ms / 1_000),
-    );
-    let _ = writeln!(out, "- command: `{}`", context.command_line.join(" "));
+    out.push_str(&context.markdown_preamble());
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.clone().unwrap_or_else(unknown));
     let _ = writeln!(
         out,

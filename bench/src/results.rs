@@ -54,6 +54,25 @@ impl RunContext {
     }
 }
 
+impl RunContext {
+    /// The first lines of every benchmark's Markdown: the machine, the date
+    /// and the exact command, so a table is never read without them.
+    pub fn markdown_preamble(&self) -> String {
+        let machine = &self.machine;
+        let unknown = || "unknown".to_owned();
+        format!(
+            "Measured on `{}` ({}, {} cores available, {} MiB), kernel {}, on {} (UTC).\n\n- command: `{}`\n",
+            machine.hostname,
+            machine.cpu_model.clone().unwrap_or_else(unknown),
+            machine.cores_available.map_or_else(unknown, |cores| cores.to_string()),
+            machine.memory_total_mib.map_or_else(unknown, |mib| mib.to_string()),
+            machine.kernel.clone().unwrap_or_else(unknown),
+            utc_date(self.started_at_unix_ms / 1_000),
+            self.command_line.join(" "),
+        )
+    }
+}
+
 /// The directory a run writes to: `explicit` if given, else a per-day,
 /// per-host directory under `bench/results/` (smoke runs: under the target
 /// directory).

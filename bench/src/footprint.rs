@@ -30,6 +30,7 @@ use serde_json::Value;
 use crate::loadgen::{self, ClosedLoop, Target};
 use crate::machine::Artifact;
 use crate::overhead::{self, Rig, Variant, WasmModules};
+use crate::procfs::status_kib;
 use crate::quantiles::nearest_rank;
 use crate::report::{self, Verdict};
 use crate::results::RunContext;
@@ -278,16 +279,6 @@ async fn measure(options: &FootprintOptions, binaries: &Binaries, dir: &Path) ->
     Ok(samples)
 }
 
-/// A `Name:   1234 kB` line of `/proc/PID/status`, in KiB.
-fn status_kib(status: &str, name: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix(':')?;
-        let mut fields = rest.split_whitespace();
-        let value = fields.next()?.parse().ok()?;
-        (fields.next() == Some("kB")).then_some(value)
-    })
-}
-
 /// Integer stats of Envoy's plain-text `/stats` whose name contains `wasm`.
 fn wasm_stats(text: &str) -> BTreeMap<String, u64> {
     text.lines()
@@ -440,11 +431,6 @@ mod tests {
 
     #[test]
     fn reads_status_and_stats() {
-        let status = "Name:\tenvoy\nVmHWM:\t  101000 kB\nVmRSS:\t   98500 kB\nRssAnon:\t   60000 kB\nThreads:\t12\n";
-        assert_eq!(status_kib(status, "VmRSS"), Some(98_500));
-        assert_eq!(status_kib(status, "VmHWM"), Some(101_000));
-        assert_eq!(status_kib(status, "Threads"), None, "not in kB");
-        assert_eq!(status_kib(status, "VmSwap"), None);
         let stats = "wasm.envoy.wasm.runtime.v8.active: 3\nwasm.envoy.wasm.runtime.v8.created: 3\nhttp.x: 1\n\
                      wasm.x.histogram: P0(nan,1)\n";
         assert_eq!(

@@ -23,6 +23,7 @@ pub mod loadgen;
 pub mod machine;
 pub mod overhead;
 pub mod plots;
+pub mod procfs;
 pub mod propagation;
 pub mod quantiles;
 pub mod report;

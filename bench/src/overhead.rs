@@ -73,6 +73,7 @@ use crate::loadgen::{
 };
 use crate::machine::{self, Artifact};
 use crate::plots::{self, Bar, LineChart, Series, XScale};
+use crate::procfs::{allowed_cpus, parse_cpu_list, parse_schedstat, pin};
 use crate::quantiles::nearest_rank;
 use crate::report::{self, Bound, Verdict};
 use crate::results::RunContext;
@@ -1295,7 +1296,8 @@ impl GeneratorSample {
 }
 
 // ---------------------------------------------------------------------------
-// /proc, the admin interface and taskset.
+// /proc and the admin interface (pinning and the shared /proc parsing are
+// in `procfs`).
 
 /// CPU time of a process, all threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1315,7 +1317,7 @@ impl CpuTimes {
             // time with it; Envoy's threads live as long as Envoy.
             let Ok(task) = task else { continue };
             if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
-                schedstat_ns += parse_schedstat_ns(&text).unwrap_or(0);
+                schedstat_ns += parse_schedstat(&text).map_or(0, |(on_cpu_ns, _)| on_cpu_ns);
             }
         }
         let stat_path = format!("/proc/{pid}/stat");
@@ -1364,11 +1366,6 @@ fn parse_proc_stat(text: &str) -> BTreeMap<usize, CpuTicks> {
         .collect()
 }
 
-/// Field 1 of a `schedstat` line: time spent on the CPU, ns.
-fn parse_schedstat_ns(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
-}
-
 /// `utime + stime` (fields 14 and 15) of `/proc/PID/stat`. The command name
 /// (field 2) is in parentheses and may hold spaces, so fields are counted
 /// from the last `)`.
@@ -1411,46 +1408,6 @@ pub fn parse_stat_line(text: &str, name: &str) -> Option<u64> {
         let (key, value) = line.split_once(": ")?;
         (key == name).then(|| value.trim().parse().ok()).flatten()
     })
-}
-
-/// `Cpus_allowed_list` of `/proc/PID/status` (`0-1`), as `taskset -c`
-/// takes it.
-pub fn allowed_cpus(pid: u32) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:").map(|list| list.trim().to_owned()))
-}
-
-/// The CPUs of a list like `0-2,4`.
-pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
-    let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-        match part.split_once('-') {
-            Some((first, last)) => {
-                let (first, last): (usize, usize) = (first.parse().ok()?, last.parse().ok()?);
-                if last < first || last - first > 4_096 {
-                    return None;
-                }
-                cpus.extend(first..=last);
-            }
-            None => cpus.push(part.parse().ok()?),
-        }
-    }
-    Some(cpus)
-}
-
-/// Moves every thread of `pid` to `cpus` with `taskset -a -p -c`; threads
-/// created later inherit it from their creator.
-pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
-    let output = Command::new("taskset")
-        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
-        .output()
-        .context("running taskset (util-linux)")?;
-    ensure!(
-        output.status.success(),
-        "taskset -a -p -c {cpus} {pid} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -1686,8 +1643,6 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        assert_eq!(parse_schedstat_ns("123456789 2345 67\n"), Some(123_456_789));
-        assert_eq!(parse_schedstat_ns(""), None);
         let stat = "4242 (envoy (main) x) S 1 4242 4242 0 -1 4194560 2885 0 0 0 1234 567 0 0 20 0 9 0 \
                     100 200000000 20000 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 0 0 0 0 0 0\n";
         assert_eq!(parse_stat_ticks(stat), Some(1_801));
@@ -1695,10 +1650,6 @@ mod tests {
         let stats = "http.ingress.downstream_rq_total: 12345\nhttp.ingress.downstream_rq_total_x: 9\n";
         assert_eq!(parse_stat_line(stats, "http.ingress.downstream_rq_total"), Some(12_345));
         assert_eq!(parse_stat_line(stats, "http.ingress.downstream_rq_active"), None);
-        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
-        assert_eq!(parse_cpu_list("0,2-3\n"), Some(vec![0, 2, 3]));
-        assert_eq!(parse_cpu_list("3-1"), None);
-        assert_eq!(parse_cpu_list("x"), None);
         let proc_stat = "cpu  1704723 31436 230251 544197 8699 0 28798 14102 0 0\n\
                          cpu0 800 0 100 50 50 0 0 0 0 0\ncpu1 10 0 10 970 10 0 0 0 0 0\nintr 1 2 3\n";
         let cpus = parse_proc_stat(proc_stat);

@@ -24,6 +24,8 @@ use anyhow::{Context as _, bail};
 use canary_tests::process::ChildProcess;
 use serde::Serialize;
 
+use crate::procfs::{self, parse_schedstat, status_field, status_kib};
+
 /// The analyzer's periodic state snapshot (group commits append to a journal).
 pub const STATE_FILE_NAME: &str = "state.json";
 
@@ -61,22 +63,12 @@ pub fn raise_open_files_limit(needed: u64) -> anyhow::Result<OpenFilesLimit> {
 /// Pins every thread of this process (and so every thread it creates later)
 /// to `cpu`; see the module docs for why through `taskset`.
 pub fn pin_this_process(cpu: usize) -> anyhow::Result<()> {
-    let pid = std::process::id().to_string();
-    let output = Command::new("taskset")
-        .args(["-a", "-p", "-c", &cpu.to_string(), &pid])
-        .output()
-        .context("running taskset (util-linux) to pin the benchmark")?;
-    if !output.status.success() {
-        bail!("taskset -a -p -c {cpu} {pid} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
+    procfs::pin(std::process::id(), &cpu.to_string()).context("pinning the benchmark")
 }
 
-/// CPUs this process may run on, from `Cpus_allowed_list` in
-/// `/proc/self/status` (e.g. `0-1`).
+/// CPUs this process may run on (e.g. `0-1`).
 pub fn allowed_cpus() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status_field(&status, "Cpus_allowed_list").map(str::to_owned)
+    procfs::allowed_cpus(std::process::id())
 }
 
 /// A point-in-time reading of one process.
@@ -115,7 +107,7 @@ impl ProcSample {
             }
         }
         let status = std::fs::read_to_string(base.join("status")).unwrap_or_default();
-        let kib = |field| status_field(&status, field).and_then(parse_kib).map(|kib| kib * 1024);
+        let kib = |field| status_kib(&status, field).map(|kib| kib * 1024);
         let io = std::fs::read_to_string(base.join("io")).unwrap_or_default();
         ProcSample {
             at,
@@ -196,26 +188,6 @@ impl CpuDelta {
             top_threads: threads,
         }
     }
-}
-
-/// Fields 1 and 2 of `/proc/.../schedstat`: nanoseconds on CPU and waiting
-/// on a run queue.
-fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
-    let mut fields = text.split_whitespace().map(|field| field.parse::<u64>().ok());
-    Some((fields.next()??, fields.next()??))
-}
-
-/// The value of `Name:\tvalue` in a `/proc` status-like file.
-fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
-    status.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key == name).then(|| value.trim())
-    })
-}
-
-/// `12345 kB` → 12345.
-fn parse_kib(value: &str) -> Option<u64> {
-    value.strip_suffix("kB").unwrap_or(value).trim().parse().ok()
 }
 
 /// A `canary-analyzer` started for one phase, with its own state directory.
@@ -312,19 +284,6 @@ impl AnalyzerProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_proc_fields() {
-        assert_eq!(parse_schedstat("123456789 2000 17\n"), Some((123_456_789, 2_000)));
-        assert_eq!(parse_schedstat(""), None);
-        let status = "Name:\tcanary-analyzer\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nCpus_allowed_list:\t0-1\n";
-        assert_eq!(status_field(status, "VmRSS").and_then(parse_kib), Some(10_240));
-        assert_eq!(status_field(status, "VmHWM").and_then(parse_kib), Some(20_480));
-        assert_eq!(status_field(status, "Cpus_allowed_list"), Some("0-1"));
-        assert_eq!(status_field(status, "VmSwap"), None);
-        let io = "rchar: 100\nwchar: 200\nwrite_bytes: 4096\ncancelled_write_bytes: 0\n";
-        assert_eq!(status_field(io, "write_bytes"), Some("4096"));
-    }
 
     #[test]
     fn reads_this_process() {

@@ -476,8 +476,10 @@ pub struct LinearFit {
     pub bytes_per_worker: f64,
     pub intercept_bytes: f64,
     pub r_squared: f64,
-    /// The largest distance of a point from the line, relative to the line
-    /// there.
+    /// The largest distance of a point from the line, relative to the
+    /// largest RSS measured: the scale the line has to explain. (Relative to
+    /// the line at each point, the idle analyzer's few MiB near the
+    /// intercept would dominate however straight the line is.)
     pub worst_residual_percent: f64,
     pub points: Vec<FitPoint>,
 }
@@ -515,11 +517,12 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<LinearFit> {
         })
         .collect();
     let ss_residual: f64 = fit_points.iter().map(|point| point.residual_bytes.powi(2)).sum();
-    let worst_residual_percent = fit_points
-        .iter()
-        .filter(|point| point.fitted_bytes.abs() > 0.0)
-        .map(|point| (point.residual_bytes / point.fitted_bytes).abs() * 100.0)
-        .fold(0.0, f64::max);
+    let largest_rss_bytes = fit_points.iter().map(|point| point.rss_bytes.abs()).fold(0.0, f64::max);
+    let worst_residual_percent = if largest_rss_bytes > 0.0 {
+        fit_points.iter().map(|point| point.residual_bytes.abs()).fold(0.0, f64::max) / largest_rss_bytes * 100.0
+    } else {
+        0.0
+    };
     Some(LinearFit {
         bytes_per_worker: slope,
         intercept_bytes: intercept,
@@ -1369,8 +1372,9 @@ mod tests {
 
         let bent = least_squares(&[(0.0, 0.0), (1.0, 1.0), (2.0, 4.0), (3.0, 9.0)]).expect("a fit");
         assert!(bent.r_squared < 0.95, "a parabola is not linear: {bent:?}");
-        // The line is 3x - 1: at x = 0 it says -1 where 0 was measured.
-        assert!((bent.worst_residual_percent - 100.0).abs() < 1e-9, "{bent:?}");
+        // The line is 3x - 1: it misses every point by 1, and the largest
+        // value measured is 9.
+        assert!((bent.worst_residual_percent - 100.0 / 9.0).abs() < 1e-9, "{bent:?}");
         let residual_sum: f64 = bent.points.iter().map(|point| point.residual_bytes).sum();
         assert!(residual_sum.abs() < 1e-9, "least-squares residuals sum to zero");
 

@@ -67,7 +67,8 @@ pub struct Artifacts {
     pub filter_wasm: Artifact,
     pub backend: Artifact,
     pub git_commit: Option<String>,
-    /// Tracked files differ from `git_commit` (the artifacts may too).
+    /// Tracked files other than `bench/results/` differ from `git_commit`
+    /// (the artifacts may too).
     pub git_dirty: Option<bool>,
 }
 
@@ -97,6 +98,11 @@ impl Artifacts {
                 "status",
                 "--porcelain",
                 "--untracked-files=no",
+                "--",
+                ".",
+                // A run rewrites committed results; that is not a change to
+                // what was measured.
+                ":!bench/results",
             ]))
             .map(|status| !status.trim().is_empty()),
         }

@@ -117,6 +117,22 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The artifacts a stack runs, found as the tests find them and checked,
+/// and the context every result records; says on stderr which analyzer and
+/// Envoy are measured.
+fn artifacts_and_context() -> anyhow::Result<(Binaries, RunContext)> {
+    let binaries = Binaries::from_env();
+    binaries.check()?;
+    let context = RunContext::capture(Artifacts::describe(&binaries));
+    eprintln!(
+        "analyzer: {} ({} build); envoy: {}",
+        context.artifacts.analyzer.path.display(),
+        context.artifacts.analyzer_build_profile,
+        context.artifacts.envoy_version.as_deref().unwrap_or("unknown version")
+    );
+    Ok((binaries, context))
+}
+
 fn run_summary(args: &SummaryArgs) -> anyhow::Result<()> {
     let hostname = canary_bench::machine::Machine::describe().hostname;
     let dir = results::output_dir(args.out.as_deref(), args.smoke, &hostname);
@@ -131,15 +147,7 @@ fn run_summary(args: &SummaryArgs) -> anyhow::Result<()> {
 
 async fn run_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let options = args.options();
-    let binaries = Binaries::from_env();
-    binaries.check()?;
-    let context = RunContext::capture(Artifacts::describe(&binaries));
-    eprintln!(
-        "analyzer: {} ({} build); envoy: {}",
-        context.artifacts.analyzer.path.display(),
-        context.artifacts.analyzer_build_profile,
-        context.artifacts.envoy_version.as_deref().unwrap_or("unknown version")
-    );
+    let (binaries, context) = artifacts_and_context()?;
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
     let result = propagation::run(&options, &binaries, context).await?;
     let markdown = propagation::markdown(&result);
@@ -164,15 +172,7 @@ async fn run_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
 
 async fn run_detection(args: &DetectionArgs) -> anyhow::Result<()> {
     let options = args.options();
-    let binaries = Binaries::from_env();
-    binaries.check()?;
-    let context = RunContext::capture(Artifacts::describe(&binaries));
-    eprintln!(
-        "analyzer: {} ({} build); envoy: {}",
-        context.artifacts.analyzer.path.display(),
-        context.artifacts.analyzer_build_profile,
-        context.artifacts.envoy_version.as_deref().unwrap_or("unknown version")
-    );
+    let (binaries, context) = artifacts_and_context()?;
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
     let result = detection::run(&options, &binaries, context).await?;
     let markdown = detection::markdown(&result);
@@ -225,15 +225,10 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
 }
 
 async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<()> {
-    let binaries = Binaries::from_env();
-    binaries.check()?;
+    let (binaries, context) = artifacts_and_context()?;
     let options = args.options(&binaries);
-    let context = RunContext::capture(Artifacts::describe(&binaries));
     eprintln!(
-        "overhead: envoy {}; analyzer {} ({} build); load generator: {} build; about {} min",
-        context.artifacts.envoy_version.as_deref().unwrap_or("unknown version"),
-        context.artifacts.analyzer.path.display(),
-        context.artifacts.analyzer_build_profile,
+        "overhead: load generator: {} build; about {} min",
         overhead::generator_build_profile(),
         options.estimated_duration().as_secs().div_ceil(60),
     );
@@ -267,10 +262,8 @@ async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<()> {
 }
 
 async fn run_footprint(args: &FootprintArgs) -> anyhow::Result<()> {
-    let binaries = Binaries::from_env();
-    binaries.check()?;
+    let (binaries, context) = artifacts_and_context()?;
     let options = args.options(&binaries);
-    let context = RunContext::capture(Artifacts::describe(&binaries));
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
     let result = footprint::run(&options, &binaries, context).await?;
     let markdown = footprint::markdown(&result);

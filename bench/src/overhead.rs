@@ -1627,6 +1627,7 @@ pub fn plots(result: &OverheadResult, dir: &Path) -> anyhow::Result<Vec<PathBuf>
                 series: &series,
                 vertical_markers: &[],
                 horizontal_markers: &[],
+                legend: plots::Legend::LowerRight,
             }
             .draw(&path)?;
             written.push(path);

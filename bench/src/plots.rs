@@ -128,6 +128,16 @@ pub enum XScale {
     Log10,
 }
 
+/// Where a chart's legend goes: where its lines leave room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Legend {
+    /// For lines that rise to the right (CDFs, latency percentiles).
+    LowerRight,
+    /// For lines that rise at the right end, such as offered load against
+    /// fleet size.
+    UpperLeft,
+}
+
 /// Lines through points, with optional vertical reference lines (targets).
 #[derive(Debug)]
 pub struct LineChart<'a> {
@@ -138,6 +148,7 @@ pub struct LineChart<'a> {
     pub series: &'a [Series],
     pub vertical_markers: &'a [Marker],
     pub horizontal_markers: &'a [Marker],
+    pub legend: Legend,
 }
 
 impl LineChart<'_> {
@@ -220,7 +231,10 @@ impl LineChart<'_> {
         }
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
+            .position(match self.legend {
+                Legend::LowerRight => SeriesLabelPosition::LowerRight,
+                Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+            })
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -271,6 +285,7 @@ mod tests {
                 series: &series,
                 vertical_markers: &[Marker { label: "target 20 ms".into(), value: 20.0 }],
                 horizontal_markers: &[],
+                legend: Legend::LowerRight,
             }
             .draw(&path)?;
             let svg = std::fs::read_to_string(&path)?;

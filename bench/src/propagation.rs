@@ -533,6 +533,7 @@ pub fn plot(runs: &[ConcurrencyRun], dir: &Path) -> anyhow::Result<PathBuf> {
         series: &series,
         vertical_markers: &[Marker { label: format!("target p99 {TARGET_P99_MS} ms"), value: TARGET_P99_MS }],
         horizontal_markers: &[],
+        legend: plots::Legend::LowerRight,
     }
     .draw(&path)?;
     Ok(path)

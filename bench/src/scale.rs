@@ -1142,6 +1142,7 @@ pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
             label: "target 50,000 reports/s per core".to_owned(),
             value: TARGET_REPORTS_PER_CORE_SECOND,
         }],
+        legend: crate::plots::Legend::UpperLeft,
     }
     .draw(&path)?;
     Ok(path)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -146,9 +146,13 @@ struct ErrorBody {
 
 /// `POST /v1/filter/sync`: token, decode, ingest, durability, hold, answer,
 /// in the order the contract gives.
-async fn filter_sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+///
+/// It takes the whole request rather than a `HeaderMap` extractor, which
+/// would copy every header: this is the one handler called once per report.
+async fn filter_sync(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
     if let Some(token) = &state.config().filter_token
-        && !bearer_token_matches(&headers, token)
+        && !bearer_token_matches(&parts.headers, token)
     {
         state.count_rejected(RejectReason::Unauthorized);
         return Err(ApiError::Unauthorized);

@@ -204,7 +204,9 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
         );
     }
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
-    let result = scale::run(&options, &binaries.analyzer, context).await?;
+    // Built with canary-bench (same package), so it sits next to it.
+    let floor = std::env::current_exe().context("locating canary-bench")?.with_file_name("bench-scale-floor");
+    let result = scale::run(&options, &binaries.analyzer, &floor, context).await?;
     let markdown = scale::markdown(&result);
     let (json_path, markdown_path) =
         results::write(&out_dir, "scale", &result, &markdown).context("writing the results")?;
@@ -215,6 +217,9 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     println!("{}", scale::sizes_table(&result.sizes));
     if let Some(saturation) = &result.saturation {
         println!("{}", scale::saturation_table(saturation));
+    }
+    if let Some(line) = scale::floor_line(&result) {
+        println!("{line}");
     }
     print!("{}", scale::memory_lines(&result));
     for verdict in &result.verdicts {

@@ -24,7 +24,12 @@
 //!    best step's rate over the analyzer's utilisation; below 95% the
 //!    analyzer was not the bottleneck and the figure is an extrapolation,
 //!    which the results say.
-//! 3. **Memory**: a least-squares line through the idle RSS (0 workers) and
+//! 3. **HTTP floor**: the same saturation, at the analyzer's best step,
+//!    against `bench-scale-floor` (`bench/src/bin/scale_floor.rs`): the same
+//!    axum/hyper server and report decoder with no state, no disk and no
+//!    hold. Its reports per core-second is what one HTTP exchange per report
+//!    costs on this machine, so the analyzer's own share is the difference.
+//! 4. **Memory**: a least-squares line through the idle RSS (0 workers) and
 //!    the RSS at each size; its slope is the bytes per worker (worker table
 //!    entry, connection and buffers), its R² and residuals say how linear.
 
@@ -105,6 +110,8 @@ pub struct ScaleOptions {
     pub saturation_hold_ms: u32,
     /// Pin the analyzer to core 0 and this process to core 1 (needs two).
     pub pin: bool,
+    /// Measure the HTTP floor server at the analyzer's best saturation step.
+    pub floor: bool,
     pub smoke: bool,
 }
 
@@ -142,6 +149,7 @@ impl ScaleOptions {
                 saturation_window_s: Self::SMOKE_SATURATION_WINDOW_S,
                 saturation_hold_ms: 0,
                 pin: true,
+                floor: true,
                 smoke,
             }
         } else {
@@ -157,6 +165,7 @@ impl ScaleOptions {
                 saturation_window_s: Self::DEFAULT_SATURATION_WINDOW_S,
                 saturation_hold_ms: 0,
                 pin: true,
+                floor: true,
                 smoke,
             }
         }
@@ -233,6 +242,9 @@ pub struct ScaleArgs {
     /// Do not pin the analyzer to core 0 and the workers to core 1.
     #[arg(long)]
     pub no_pin: bool,
+    /// Skip the HTTP floor (`bench-scale-floor` at the best saturation step).
+    #[arg(long)]
+    pub no_floor: bool,
     /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;
     /// smoke: under the target directory, so it never overwrites a result].
     #[arg(long)]
@@ -261,6 +273,7 @@ impl ScaleArgs {
             saturation_window_s: self.saturation_window_s.unwrap_or(preset.saturation_window_s),
             saturation_hold_ms: self.saturation_hold_ms.unwrap_or(preset.saturation_hold_ms),
             pin: !self.no_pin,
+            floor: !self.no_floor,
             smoke: self.smoke,
         }
     }
@@ -325,6 +338,9 @@ pub struct ScaleResult {
     pub idle: Option<IdleReading>,
     pub sizes: Vec<SizeRun>,
     pub saturation: Option<SaturationRun>,
+    /// The HTTP floor server under the same saturation load, at the
+    /// analyzer's best step.
+    pub floor: Option<SaturationRun>,
     /// RSS against workers: idle, then every size whose workers each had a
     /// connection (shared-connection sizes would mix two slopes).
     pub memory_fit: Option<LinearFit>,
@@ -534,7 +550,12 @@ pub fn least_squares(points: &[(f64, f64)]) -> Option<LinearFit> {
 
 /// Runs the benchmark. The workers need a thread of their own (a
 /// `current_thread` runtime), so this hands the run to a blocking thread.
-pub async fn run(options: &ScaleOptions, analyzer: &Path, context: RunContext) -> anyhow::Result<ScaleResult> {
+pub async fn run(
+    options: &ScaleOptions,
+    analyzer: &Path,
+    floor: &Path,
+    context: RunContext,
+) -> anyhow::Result<ScaleResult> {
     options.validate()?;
     ensure!(
         analyzer.is_file(),
@@ -542,14 +563,29 @@ pub async fn run(options: &ScaleOptions, analyzer: &Path, context: RunContext) -
         analyzer.display(),
         canary_tests::paths::ANALYZER_BIN_ENV
     );
+    ensure!(
+        !options.floor || floor.is_file(),
+        "the HTTP floor server {} is not built (`cargo build --release -p canary-bench`), or pass --no-floor",
+        floor.display()
+    );
     let options = options.clone();
-    let analyzer = analyzer.to_path_buf();
-    tokio::task::spawn_blocking(move || run_on_this_thread(options, analyzer, context))
+    let binaries = ScaleBinaries { analyzer: analyzer.to_path_buf(), floor: floor.to_path_buf() };
+    tokio::task::spawn_blocking(move || run_on_this_thread(options, binaries, context))
         .await
         .context("the scale driver thread failed")?
 }
 
-fn run_on_this_thread(options: ScaleOptions, analyzer: PathBuf, context: RunContext) -> anyhow::Result<ScaleResult> {
+/// The servers a run starts: the analyzer, and the HTTP floor.
+struct ScaleBinaries {
+    analyzer: PathBuf,
+    floor: PathBuf,
+}
+
+fn run_on_this_thread(
+    options: ScaleOptions,
+    binaries: ScaleBinaries,
+    context: RunContext,
+) -> anyhow::Result<ScaleResult> {
     let open_files = proc::raise_open_files_limit(options.max_workers() as u64 + OPEN_FILES_MARGIN)?;
     let setup = setup(&options, open_files);
     if setup.connection_budget < options.max_workers() {
@@ -564,7 +600,7 @@ fn run_on_this_thread(options: ScaleOptions, analyzer: PathBuf, context: RunCont
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, measure(options, analyzer, context, setup))
+    local.block_on(&runtime, measure(options, binaries, context, setup))
 }
 
 /// Pins this process (see the module docs) and works out the connection
@@ -593,15 +629,16 @@ fn setup(options: &ScaleOptions, open_files: OpenFilesLimit) -> Setup {
 
 async fn measure(
     options: ScaleOptions,
-    analyzer: PathBuf,
+    binaries: ScaleBinaries,
     context: RunContext,
     setup: Setup,
 ) -> anyhow::Result<ScaleResult> {
+    let analyzer = &binaries.analyzer;
     let scratch = scratch_dir()?;
     let mut sizes = Vec::with_capacity(options.proxies.len());
     for &proxies in &options.proxies {
         let dir = scratch.path().join(format!("proxies-{proxies}"));
-        let size = measure_size(&options, &analyzer, &dir, &setup, proxies)
+        let size = measure_size(&options, analyzer, &dir, &setup, proxies)
             .await
             .with_context(|| format!("scale at {proxies} proxies"))?;
         progress_done();
@@ -612,9 +649,23 @@ async fn measure(
         None
     } else {
         let dir = scratch.path().join("saturation");
-        let run = measure_saturation(&options, &analyzer, &dir, &setup).await.context("saturation")?;
+        let run = measure_saturation(&options, analyzer, &dir, &setup, "saturation").await.context("saturation")?;
         progress_done();
         Some(run)
+    };
+    let floor = match saturation.as_ref().and_then(|run| run.steps.get(run.best_step?)) {
+        Some(best) if options.floor => {
+            // The same load at the analyzer's best step: the two runs then
+            // differ only in the server.
+            let floor_options = ScaleOptions { saturation_workers: vec![best.workers], ..options.clone() };
+            let dir = scratch.path().join("floor");
+            let run = measure_saturation(&floor_options, &binaries.floor, &dir, &setup, "HTTP floor")
+                .await
+                .context("HTTP floor")?;
+            progress_done();
+            Some(run)
+        }
+        _ => None,
     };
     let idle = sizes.first().map(|size| size.idle.clone());
     let memory_fit = memory_fit(&sizes);
@@ -637,6 +688,7 @@ async fn measure(
         idle,
         sizes,
         saturation,
+        floor,
         memory_fit,
         verdicts,
     })
@@ -786,8 +838,9 @@ async fn measure_saturation(
     binary: &Path,
     dir: &Path,
     setup: &Setup,
+    name: &str,
 ) -> anyhow::Result<SaturationRun> {
-    progress(BENCHMARK, "saturation: starting the analyzer");
+    progress(BENCHMARK, &format!("{name}: starting the server"));
     let mut analyzer = AnalyzerProcess::start(binary, dir, FILTER_TOKEN, setup.analyzer_cpu).await?;
     let settle = Duration::from_secs_f64(options.saturation_settle_s);
     let window = Duration::from_secs_f64(options.saturation_window_s);
@@ -812,11 +865,8 @@ async fn measure_saturation(
         if target_proxies <= proxies {
             continue;
         }
-        let label = format!(
-            "saturation {} workers (analyzer pid {})",
-            target_proxies * options.workers_per_proxy,
-            analyzer.pid()
-        );
+        let label =
+            format!("{name} {} workers (server pid {})", target_proxies * options.workers_per_proxy, analyzer.pid());
         let started = Instant::now();
         driver.spawn(driver::fleet(
             proxies,
@@ -835,7 +885,7 @@ async fn measure_saturation(
         let previous = steps.last().map(|step| step.window.reports_per_second);
         progress_done();
         eprintln!(
-            "  saturation {} workers: {rate:.0} reports/s, analyzer {:.0}% CPU, ingest p99 {}",
+            "  {name} {} workers: {rate:.0} reports/s, server {:.0}% CPU, ingest p99 {}",
             driver.workers(),
             window.analyzer.cpu.utilisation * 100.0,
             window.ingest_ms.map_or_else(|| "–".to_owned(), |q| format!("{:.1} ms", q.p99)),
@@ -1265,6 +1315,27 @@ pub fn memory_lines(result: &ScaleResult) -> String {
 }
 
 /// The `scale.md` next to the JSON.
+/// The analyzer's cost per report next to the HTTP floor's, at the same
+/// load; `None` without both.
+pub fn floor_line(result: &ScaleResult) -> Option<String> {
+    let best = |run: &SaturationRun| run.steps.get(run.best_step?).cloned();
+    let analyzer = best(result.saturation.as_ref()?)?;
+    let floor = best(result.floor.as_ref()?)?;
+    let per_core = |step: &SaturationStep| step.window.analyzer.reports_per_core_second;
+    let (analyzer_rate, floor_rate) = (per_core(&analyzer)?, per_core(&floor)?);
+    if analyzer_rate <= 0.0 || floor_rate <= 0.0 {
+        return None;
+    }
+    let (analyzer_us, floor_us) = (1e6 / analyzer_rate, 1e6 / floor_rate);
+    Some(format!(
+        "HTTP floor at {} workers: {floor_rate:.0} reports per core-second ({floor_us:.1} µs/report); the analyzer: \
+         {analyzer_rate:.0} ({analyzer_us:.1} µs/report), {:.2}× the floor's CPU per report, {:.1} µs of its own.",
+        floor.workers,
+        analyzer_us / floor_us,
+        analyzer_us - floor_us
+    ))
+}
+
 pub fn markdown(result: &ScaleResult) -> String {
     let context = &result.context;
     let machine = &context.machine;
@@ -1352,6 +1423,18 @@ pub fn markdown(result: &ScaleResult) -> String {
             if run.stopped_growing { "" } else { " The sweep ran out of steps before reports/s stopped growing." }
         );
         out.push_str(&saturation_table(run));
+    }
+    if let Some(line) = floor_line(result) {
+        let _ = writeln!(
+            out,
+            "\n## HTTP floor\n\nThe same saturation load at the analyzer's best step, against `bench-scale-floor`: \
+             the analyzer's axum/hyper server and report decoder with no state, no disk, no token check and no \
+             hold, so what one HTTP exchange per report costs on this machine.\n"
+        );
+        if let Some(run) = &result.floor {
+            out.push_str(&saturation_table(run));
+        }
+        let _ = writeln!(out, "\n{line}");
     }
     let _ = writeln!(out, "\n## Memory\n");
     out.push_str(&memory_lines(result));

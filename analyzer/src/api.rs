@@ -4,21 +4,27 @@
 //!
 //! Every error answers `{"error": "...", "field": ...}` with a 4xx or 5xx
 //! status, and a refused request changes nothing.
+//!
+//! Routes come in families ([`crate::auth::Family`]), each behind its own
+//! token: the state-changing SRE routes and the read routes get a route
+//! layer, so a route added to a family cannot forget the check and no body
+//! is read before it; the sync endpoint checks inline (see `filter_sync`).
 
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use axum::{Router, middleware};
 use canary_protocol::{CanaryWeight, DecodeError, Report, SyncResponse};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::aggregate::{WorkerKey, format_worker_id};
+use crate::auth::{self, Family};
 use crate::config::MAX_WAIT_TIMEOUT_MS;
 use crate::controller::ControlError;
 use crate::metrics::RejectReason;
@@ -40,9 +46,8 @@ pub const MAX_HOLD_MS: u64 = 30_000;
 
 /// The analyzer's routes.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/filter/sync", post(filter_sync))
-        .route("/v1/rollout", get(get_rollout))
+    // Every route that changes state belongs here, behind the SRE token.
+    let sre = Router::new()
         .route("/v1/rollout/weight", put(put_weight))
         .route("/v1/rollout/rollback", post(post_rollback))
         .route("/v1/rollout/promote", post(rollouts::promote))
@@ -50,10 +55,22 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollout/resume", post(rollouts::resume))
         .route("/v1/rollout/approve", post(rollouts::approve))
         .route("/v1/rollouts", post(rollouts::start))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_sre));
+    // Open, or behind the SRE or read token (`read_access`).
+    let read = Router::new()
+        .route("/v1/rollout", get(get_rollout))
         .route("/v1/rollouts/history", get(rollouts::history))
         .route("/v1/assignment", get(rollouts::assignment))
         .route("/metrics", get(get_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
+    Router::new()
+        .route("/v1/filter/sync", post(filter_sync))
+        // Liveness probes carry no token.
         .route("/healthz", get(|| async { "ok" }))
+        .merge(sre)
+        .merge(read)
+        // Set last, so it reaches every route: a wrong method is a JSON 405.
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state)
 }
@@ -61,8 +78,13 @@ pub fn app(state: AppState) -> Router {
 /// Why a request was refused; becomes a JSON error response.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
+    /// No, a malformed or an unknown bearer token; the message names the
+    /// token expected.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token of a role this endpoint does not accept.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{message}")]
     BadRequest { message: String, field: Option<String> },
     #[error("request body is larger than {limit_bytes} bytes")]
@@ -71,6 +93,8 @@ pub enum ApiError {
     NotDurable(#[from] NotDurable),
     #[error("no route for {method} {path}")]
     NotFound { method: Method, path: String },
+    #[error("{path} does not take {method}")]
+    MethodNotAllowed { method: Method, path: String },
     /// The rollout's phase does not allow the action; the message says what
     /// to do instead.
     #[error("{0}")]
@@ -109,7 +133,9 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotDurable(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -122,6 +148,7 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ApiError::BadRequest { field, .. } | ApiError::Unprocessable { field, .. } => field.as_deref(),
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => Some("authorization"),
             _ => None,
         }
     }
@@ -131,7 +158,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.to_string(), field: self.field().map(str::to_owned) };
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if matches!(self, ApiError::Unauthorized) {
+        if matches!(self, ApiError::Unauthorized(_)) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         response
@@ -149,14 +176,18 @@ struct ErrorBody {
 ///
 /// It takes the whole request rather than a `HeaderMap` extractor, which
 /// would copy every header: this is the one handler called once per report.
+/// For the same reason it checks the filter token inline rather than through
+/// a route layer, which also lets it count the refusal in
+/// `canary_reports_rejected_total{reason="unauthorized"}` (401 and 403).
 async fn filter_sync(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
-    if let Some(token) = &state.config().filter_token
-        && !bearer_token_matches(&parts.headers, token)
-    {
+    if let Err(denied) = auth::check(state.config(), Family::Filter, &parts.headers) {
         state.count_rejected(RejectReason::Unauthorized);
-        return Err(ApiError::Unauthorized);
+        return Err(auth::denied_error(state.config(), Family::Filter, &denied));
     }
+    // The filter never sends a query string; anything else is a client to
+    // refuse, not to half-understand.
+    no_query(parts.uri.query()).inspect_err(|_| state.count_rejected(RejectReason::Malformed))?;
     let bytes = read_body(body, MAX_REPORT_BYTES).await.inspect_err(|error| {
         if matches!(error, ApiError::TooLarge { .. }) {
             state.count_rejected(RejectReason::TooLarge);
@@ -191,9 +222,10 @@ struct FullView {
     rollout: Option<RolloutView>,
 }
 
-async fn get_rollout(State(state): State<AppState>) -> Response {
+async fn get_rollout(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    no_query(query.as_deref())?;
     let rollout = state.controller().view(unix_now_ms());
-    axum::Json(FullView { data_plane: state.rollout_view(), rollout }).into_response()
+    Ok(axum::Json(FullView { data_plane: state.rollout_view(), rollout }).into_response())
 }
 
 /// `PUT /v1/rollout/weight` body.
@@ -268,6 +300,18 @@ async fn get_metrics(State(state): State<AppState>) -> Response {
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound { method, path: uri.path().to_owned() }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed { method, path: uri.path().to_owned() }
+}
+
+/// Refuses a query string on an endpoint that takes none, naming the first
+/// parameter: a typo such as `?wiat=true` must not pass silently.
+pub(crate) fn no_query(query: Option<&str>) -> Result<(), ApiError> {
+    let Some(pair) = query.unwrap_or_default().split('&').find(|pair| !pair.is_empty()) else { return Ok(()) };
+    let (name, _) = pair.split_once('=').unwrap_or((pair, ""));
+    Err(ApiError::bad_request(format!("unknown query parameter {name:?}; this endpoint takes none"), Some(name)))
 }
 
 /// Response of a weight change or rollback.
@@ -379,8 +423,13 @@ struct WaitQuery {
 impl WaitQuery {
     fn parse(query: Option<&str>, default_timeout_ms: u64) -> Result<WaitQuery, ApiError> {
         let mut parsed = WaitQuery { wait: false, timeout_ms: default_timeout_ms };
+        let mut seen: Vec<&str> = Vec::new();
         for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if seen.contains(&key) {
+                return Err(ApiError::bad_request(format!("{key} is given twice"), Some(key)));
+            }
+            seen.push(key);
             match key {
                 "wait" => {
                     parsed.wait = match value {
@@ -474,27 +523,6 @@ fn decode_error_field(error: &DecodeError) -> String {
     }
 }
 
-/// Compares the bearer token in constant time, so response timing does not
-/// reveal how much of a guess was right.
-fn bearer_token_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return false };
-    let value = value.as_bytes();
-    const SCHEME: &[u8] = b"bearer ";
-    if value.len() < SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
-        return false;
-    }
-    constant_time_eq(&value[SCHEME.len()..], expected.as_bytes())
-}
-
-/// Equality whose running time depends only on the lengths.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    let difference = left.iter().zip(right).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    std::hint::black_box(difference) == 0
-}
-
 #[cfg(test)]
 #[path = "api_tests.rs"]
 mod tests;
@@ -502,3 +530,7 @@ mod tests;
 #[cfg(test)]
 #[path = "rollout_api_tests.rs"]
 mod rollout_tests;
+
+#[cfg(test)]
+#[path = "bad_input_tests.rs"]
+mod bad_input_tests;

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use canary_protocol::split::{sticky_bucket, version_for_bucket};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, MAX_JSON_BODY_BYTES, parse_json_body, read_body};
+use super::{ApiError, MAX_JSON_BODY_BYTES, no_query, parse_json_body, read_body};
 use crate::rollout::{AUTO_ACTOR, Command, RolloutSpec, SpecFormat};
 use crate::state::AppState;
 
@@ -27,11 +27,20 @@ pub const REASON_HEADER: &str = "x-canary-reason";
 pub const DEFAULT_ACTOR: &str = "api";
 /// Largest spec body accepted.
 pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+/// Longest sticky key `GET /v1/assignment` takes, as Envoy's default
+/// header size limits would keep a longer one from reaching the filter.
+pub const MAX_ASSIGNMENT_KEY_BYTES: usize = 8 * 1024;
 const MAX_ACTOR_CHARS: usize = 128;
 const MAX_REASON_CHARS: usize = 1_024;
 
 /// `POST /v1/rollouts`: 201 with the new rollout.
-pub(super) async fn start(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub(super) async fn start(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    no_query(query.as_deref())?;
     let actor = actor(&headers)?;
     let reason = match headers.get(REASON_HEADER) {
         Some(value) => {
@@ -66,36 +75,52 @@ struct PromoteBody {
 
 pub(super) async fn promote(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    no_query(query.as_deref())?;
     let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
     let request: PromoteBody = parse_json_body(&bytes, &["full", "reason"])?;
     let command = Command::Promote { full: request.full.unwrap_or(false) };
     run(&state, &headers, request.reason, command).await
 }
 
-pub(super) async fn pause(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    simple(state, headers, body, Command::Pause).await
+pub(super) async fn pause(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    simple(state, query, headers, body, Command::Pause).await
 }
 
 pub(super) async fn resume(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    simple(state, headers, body, Command::Resume).await
+    simple(state, query, headers, body, Command::Resume).await
 }
 
 pub(super) async fn approve(
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    simple(state, headers, body, Command::Approve).await
+    simple(state, query, headers, body, Command::Approve).await
 }
 
-async fn simple(state: AppState, headers: HeaderMap, body: Body, command: Command) -> Result<Response, ApiError> {
+async fn simple(
+    state: AppState,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+    command: Command,
+) -> Result<Response, ApiError> {
+    no_query(query.as_deref())?;
     let bytes = read_body(body, MAX_JSON_BODY_BYTES).await?;
     let request: ReasonBody = parse_json_body(&bytes, &["reason"])?;
     run(&state, &headers, request.reason, command).await
@@ -115,8 +140,9 @@ async fn run(
 }
 
 /// `GET /v1/rollouts/history`: finished rollouts, newest first.
-pub(super) async fn history(State(state): State<AppState>) -> Response {
-    Json(&*state.controller().history()).into_response()
+pub(super) async fn history(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    no_query(query.as_deref())?;
+    Ok(Json(&*state.controller().history()).into_response())
 }
 
 /// `GET /v1/assignment?key=K`.
@@ -138,6 +164,9 @@ pub(super) async fn assignment(State(state): State<AppState>, RawQuery(query): R
     for pair in query.as_deref().unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         match name {
+            "key" if key.is_some() => {
+                return Err(ApiError::bad_request("key is given twice", Some("key")));
+            }
             "key" => key = Some(percent_decode(value)),
             _ => {
                 return Err(ApiError::bad_request(
@@ -150,6 +179,20 @@ pub(super) async fn assignment(State(state): State<AppState>, RawQuery(query): R
     let key = key.ok_or_else(|| {
         ApiError::bad_request("key is required: the sticky header or cookie value, e.g. ?key=user-42", Some("key"))
     })?;
+    if key.is_empty() {
+        // The filter splits a request with an empty key at random, so no
+        // version can be named for it.
+        return Err(ApiError::bad_request(
+            "key is empty; a request without a sticky key is split at random",
+            Some("key"),
+        ));
+    }
+    if key.len() > MAX_ASSIGNMENT_KEY_BYTES {
+        return Err(ApiError::bad_request(
+            format!("key is {} bytes, at most {MAX_ASSIGNMENT_KEY_BYTES}", key.len()),
+            Some("key"),
+        ));
+    }
     let weights = state.weights().weights;
     let bucket = sticky_bucket(&key);
     let version = version_for_bucket(bucket, weights.canary_weight);

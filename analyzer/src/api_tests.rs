@@ -669,14 +669,6 @@ fn wait_query_table() {
     check(Some("timeout=5"), Err("timeout"));
 }
 
-#[test]
-fn token_comparison_table() {
-    assert!(constant_time_eq(b"abc", b"abc"));
-    assert!(!constant_time_eq(b"abc", b"abd"));
-    assert!(!constant_time_eq(b"abc", b"abcd"));
-    assert!(constant_time_eq(b"", b""));
-}
-
 #[tokio::test]
 async fn acknowledged_counts_come_back_from_the_journal_and_a_torn_tail_is_dropped() {
     use crate::journal::JournalDir;

@@ -26,6 +26,8 @@
 //!   weights (`ArcSwap` + `watch`), convergence notifications and the one
 //!   persister task.
 //! - [`api`]: `app(state) -> Router` and the JSON error type.
+//! - [`auth`]: bearer tokens by role (filter, SRE, read), 401 versus 403.
+//! - [`tls`]: optional HTTPS (rustls) on the same listener.
 //! - [`metrics`]: the Prometheus exposition, computed at scrape time.
 //! - [`rollout`]: pure. The rollout spec (YAML/JSON, validated into resolved
 //!   steps) and the rollout state machine: (state, tick or command, time) →
@@ -41,6 +43,7 @@
 pub mod aggregate;
 pub mod analysis;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod controller;
 pub mod hosts;
@@ -51,6 +54,7 @@ pub mod notify;
 pub mod rollout;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod weights_file;
 
 pub use api::app;

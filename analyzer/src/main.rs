@@ -1,11 +1,12 @@
 //! `canary-analyzer`: parses the configuration, loads the state directory,
-//! serves the API until SIGTERM or Ctrl-C, then flushes the state.
+//! serves the API (HTTPS when configured) until SIGTERM or Ctrl-C, then
+//! flushes the state.
 
 use std::io::IsTerminal;
 
 use anyhow::Context;
-use canary_analyzer::config::FILTER_TOKEN_ENV;
-use canary_analyzer::{AppState, Cli, Config, app};
+use canary_analyzer::config::{EnvTokens, ReadAccess, is_loopback};
+use canary_analyzer::{AppState, Cli, Config, tls};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -19,56 +20,59 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
 
-    let config = Config::load(&cli, std::env::var(FILTER_TOKEN_ENV).ok()).context("invalid configuration")?;
+    // Refuses a non-loopback address without both tokens (see config.rs).
+    let config = Config::load(&cli, EnvTokens::from_process()).context("invalid configuration")?;
+    // Before the state is touched: a bad certificate stops startup at once.
+    let tls_config = config.tls.as_ref().map(tls::server_config).transpose().context("invalid TLS configuration")?;
     if config.filter_token.is_none() {
         tracing::warn!("no filter token configured: any client can report to /v1/filter/sync");
+    }
+    if config.sre_token.is_none() {
+        tracing::warn!("no SRE token configured: any local client can change weights and rollouts");
+    }
+    if !is_loopback(config.listen.ip()) && config.read_access == ReadAccess::Open {
+        tracing::info!(listen = %config.listen, "read endpoints are open (read_access = \"open\")");
     }
     let state = AppState::open(config.clone()).context("cannot load the analyzer state")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = listener.local_addr().context("cannot read the bound address")?;
+    // Handlers are installed before anyone can learn the port: a SIGTERM
+    // right after the line below must still flush, not kill.
+    let shutdown = shutdown_signal()?;
     // Tests and scripts wait for this exact line to learn the port.
     eprintln!("canary-analyzer listening on {local_addr}");
+    tracing::info!(scheme = if tls_config.is_some() { "https" } else { "http" }, "serving");
 
-    let shutdown_state = state.clone();
-    let served = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down");
-            // Held long-polls answer at once so the server can drain.
-            shutdown_state.begin_shutdown();
-        })
-        .await;
+    let served = tls::serve(listener, tls_config, state.clone(), shutdown).await;
     // Flush whatever happened, even if serving failed.
     state.shutdown().await;
     served.context("server failed")
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Installs the SIGTERM and SIGINT (Ctrl-C) handlers now, and returns a
+/// future that resolves on either.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    Ok(async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
+    })
 }

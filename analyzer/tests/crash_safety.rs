@@ -56,6 +56,8 @@ impl Analyzer {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("CANARY_FILTER_TOKEN")
+            .env_remove("CANARY_SRE_TOKEN")
+            .env_remove("CANARY_READ_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -474,9 +476,8 @@ fn corrupt_or_half_written_state_files_stop_startup_naming_the_file() {
     // A snapshot that is not JSON any more.
     let (_dir, state_dir) = fresh_state("garbage-snapshot");
     // Shut down cleanly first so that a snapshot exists.
+    // Right after the listening line: the handlers are already installed.
     let analyzer = Analyzer::start(&state_dir);
-    // Serving, so the signal handlers are installed.
-    analyzer.rollout();
     let pid = analyzer.child.id();
     let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill -TERM");
     assert!(status.success());

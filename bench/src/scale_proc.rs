@@ -229,7 +229,9 @@ impl AnalyzerProcess {
             .arg("--config")
             .arg(&config_path)
             .env("NO_COLOR", "1")
-            .env_remove("CANARY_FILTER_TOKEN");
+            .env_remove("CANARY_FILTER_TOKEN")
+            .env_remove("CANARY_SRE_TOKEN")
+            .env_remove("CANARY_READ_TOKEN");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }

@@ -159,3 +159,65 @@ fn merge_conserves_counts() {
     left.reset();
     assert!(left.is_empty() && left.latency_us.is_empty());
 }
+
+/// The bytes of `sample_header()` alone, without the two version sections.
+fn header_bytes() -> Vec<u8> {
+    let empty = encoded(&VersionStats::default(), &VersionStats::default());
+    // Each empty section is seven zero varints: requests, five status
+    // classes, bucket count.
+    empty[..empty.len() - 14].to_vec()
+}
+
+fn varint(value: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    crate::wire::put_varint(&mut out, value);
+    out
+}
+
+#[test]
+fn rejects_impossible_counts_and_sizes_naming_what_was_wrong() {
+    let empty_section = [0u8; 7];
+    // A proxy id longer than any the encoder writes.
+    let mut long_proxy_id = encoded(&VersionStats::default(), &VersionStats::default());
+    assert_eq!(long_proxy_id[5], 10, "the sample proxy id's length");
+    long_proxy_id.splice(5..6, varint(256));
+    check_rejected(&long_proxy_id, "report: proxy id length is 256, must be 1..=255 bytes");
+
+    // More buckets than the layout has, up to a count no memory could hold:
+    // refused before anything is reserved for them.
+    for claimed in [3_329, u64::MAX] {
+        let mut bytes = header_bytes();
+        bytes.extend_from_slice(&[0; 6]);
+        bytes.extend(varint(claimed));
+        check_rejected(
+            &bytes,
+            &format!("report: stable.bucket count is {claimed}, more than the layout's 3328 buckets"),
+        );
+    }
+
+    // Status counts whose sum does not fit in 64 bits.
+    let mut bytes = header_bytes();
+    bytes.extend(varint(1));
+    bytes.extend(varint(u64::MAX));
+    bytes.extend(varint(1));
+    bytes.extend_from_slice(&[0, 0, 0, 0]);
+    bytes.extend_from_slice(&empty_section);
+    check_rejected(&bytes, &format!("report: stable.status_2xx is {}, status counts overflow when summed", u64::MAX));
+
+    // Latency buckets whose total does not fit in 64 bits.
+    let mut bytes = header_bytes();
+    bytes.extend_from_slice(&empty_section);
+    bytes.extend(varint(1));
+    bytes.extend_from_slice(&[1, 0, 0, 0, 0]);
+    bytes.extend(varint(2));
+    bytes.extend(varint(0));
+    bytes.extend(varint(u64::MAX));
+    bytes.extend(varint(0));
+    bytes.extend(varint(1));
+    check_rejected(&bytes, "report: canary.bucket count value is 1, overflows the histogram total");
+
+    // A varint longer than 64 bits.
+    let mut bytes = header_bytes()[..5 + 1 + 10].to_vec();
+    bytes.extend_from_slice(&[0xff; 11]);
+    check_rejected(&bytes, "report: worker id is not a valid varint (longer than 64 bits)");
+}

@@ -13,15 +13,17 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
-use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey};
+use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
 use crate::worker::{SyncFailure, Worker};
 
 /// How often each worker checks whether a sync or a metrics flush is due.
 /// Weight changes do not wait for it: they arrive on the open sync call.
 const TICK: Duration = Duration::from_millis(200);
-/// Extra time over the analyzer's hold before a sync call is abandoned.
-const SYNC_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 const SYNC_PATH: &str = "/v1/filter/sync";
+/// With the `test-panic` feature (test builds only), a request carrying this
+/// header makes the filter panic, to test Envoy's failure policy.
+#[cfg(feature = "test-panic")]
+const TEST_PANIC_HEADER: &str = "x-canary-test-panic";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -42,6 +44,7 @@ struct Metrics {
     weight_bp: u32,
     weights_version: u32,
     sync_failures: u32,
+    sync_timeouts: u32,
 }
 
 struct CanaryRoot {
@@ -51,6 +54,10 @@ struct CanaryRoot {
     /// Totals already added to the Envoy counters.
     flushed_requests: [u64; 2],
     flushed_sync_failures: u64,
+    flushed_sync_timeouts: u64,
+    /// Envoy is tearing the VM down (`on_done`): the last unacknowledged
+    /// counts are being sent, and `done()` ends the VM after that.
+    shutting_down: bool,
 }
 
 impl CanaryRoot {
@@ -61,6 +68,8 @@ impl CanaryRoot {
             metrics: None,
             flushed_requests: [0; 2],
             flushed_sync_failures: 0,
+            flushed_sync_timeouts: 0,
+            shutting_down: false,
         }
     }
 
@@ -82,7 +91,7 @@ impl CanaryRoot {
         if !config.analyzer_token.is_empty() {
             headers.push(("authorization", configured.authorization.as_str()));
         }
-        let timeout = Duration::from_millis(u64::from(config.report_interval_ms)) + SYNC_TIMEOUT_SLACK;
+        let timeout = Duration::from_millis(worker.sync_timeout_ms());
         let body = worker.begin_sync(now_ms);
         if hostcalls::dispatch_http_call(&config.analyzer_cluster, headers, Some(body), vec![], timeout).is_err() {
             let outcome = worker.finish_sync(now_ms, Err(SyncFailure::Dispatch));
@@ -108,6 +117,11 @@ impl CanaryRoot {
         if delta > 0 && hostcalls::increment_metric(metrics.sync_failures, delta as i64).is_ok() {
             self.flushed_sync_failures = failures;
         }
+        let timeouts = worker.sync_timeouts_total();
+        let delta = timeouts - self.flushed_sync_timeouts;
+        if delta > 0 && hostcalls::increment_metric(metrics.sync_timeouts, delta as i64).is_ok() {
+            self.flushed_sync_timeouts = timeouts;
+        }
     }
 
     fn record_weight_gauges(&self) {
@@ -119,6 +133,50 @@ impl CanaryRoot {
 }
 
 impl Context for CanaryRoot {
+    /// Envoy is tearing the VM down (the listener or filter config that
+    /// owns it was removed or replaced, or Envoy is shutting down). Counts
+    /// the analyzer has not acknowledged would die with the VM, so the VM
+    /// asks Envoy to wait (returns false) while it sends them in a final
+    /// sync, and calls `done()` when that ends (see `continue_shutdown`).
+    fn on_done(&mut self) -> bool {
+        let Some(configured) = self.configured.clone() else { return true };
+        self.shutting_down = true;
+        configured.worker.borrow_mut().stop_holding();
+        let (in_flight, unreported, (in_report, accumulating)) = {
+            let worker = configured.worker.borrow();
+            (worker.sync_in_flight(), worker.has_unreported_counts(), worker.unacknowledged_requests())
+        };
+        let at_stake = in_report + accumulating > 0;
+        // The numbers make a loss at shutdown measurable from Envoy's log.
+        log(
+            LogLevel::Info,
+            &format!(
+                "VM shutting down with requests not yet acknowledged by the analyzer: {in_report} in the report \
+                 in flight, {accumulating} accumulating{}",
+                if at_stake { "; sending them in a final sync" } else { "" }
+            ),
+        );
+        if !at_stake {
+            // An open long-poll carrying an empty report loses nothing.
+            self.flush_metrics();
+            return true;
+        }
+        if in_flight {
+            // Its answer continues the shutdown.
+            return false;
+        }
+        if !unreported {
+            self.flush_metrics();
+            return true;
+        }
+        self.start_sync();
+        let in_flight = configured.worker.borrow().sync_in_flight();
+        if !in_flight {
+            self.flush_metrics();
+        }
+        !in_flight
+    }
+
     fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(configured) = self.configured.clone() else { return };
         let now_ms = self.now_ms();
@@ -146,9 +204,32 @@ impl Context for CanaryRoot {
         if outcome.weights_changed.is_some() {
             self.record_weight_gauges();
         }
+        if self.shutting_down {
+            self.continue_shutdown(outcome.failed);
+            return;
+        }
         if outcome.resync_now {
             self.start_sync();
         }
+    }
+}
+
+impl CanaryRoot {
+    /// One step of the final flush: after a successful sync, send whatever
+    /// is still unreported; otherwise (nothing left, or the analyzer is
+    /// unreachable, so waiting would only delay the shutdown) let Envoy
+    /// finish the VM.
+    fn continue_shutdown(&mut self, last_failed: bool) {
+        let Some(configured) = self.configured.clone() else { return };
+        let unreported = configured.worker.borrow().has_unreported_counts();
+        if unreported && !last_failed {
+            self.start_sync();
+            if configured.worker.borrow().sync_in_flight() {
+                return;
+            }
+        }
+        self.flush_metrics();
+        let _ = hostcalls::done();
     }
 }
 
@@ -207,6 +288,10 @@ impl RootContext for CanaryRoot {
 
     fn on_tick(&mut self) {
         self.flush_metrics();
+        if self.shutting_down {
+            // Syncs continue only through `continue_shutdown`.
+            return;
+        }
         let due = self.configured.as_ref().is_some_and(|c| c.worker.borrow().sync_due(self.now_ms()));
         if due {
             self.start_sync();
@@ -235,13 +320,22 @@ impl Context for CanaryRequest {}
 
 impl HttpContext for CanaryRequest {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-panic")]
+        if hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, TEST_PANIC_HEADER).ok().flatten().is_some() {
+            panic!("test-panic build: request carried {TEST_PANIC_HEADER}");
+        }
         let Some(configured) = &self.configured else {
             // Unconfigured: still overwrite the default header, so a client
             // cannot pick canary while the filter is not working.
             let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, DEFAULT_ROUTE_HEADER, Some("stable"));
             return Action::Continue;
         };
-        let version = {
+        // Only with an override configured does a request pay for one more
+        // header lookup (no allocation when the header is absent).
+        let forced = configured.config.version_override.as_ref().and_then(override_version);
+        let version = if let Some(version) = forced {
+            version
+        } else {
             let mut worker = configured.worker.borrow_mut();
             let key = match &configured.config.sticky {
                 Some(sticky) if worker.needs_key() => sticky_key(sticky),
@@ -286,6 +380,19 @@ impl HttpContext for CanaryRequest {
         };
         configured.worker.borrow_mut().record(version, class, latency_us);
     }
+}
+
+/// The version a request's override header asks for, if the header is
+/// present with a configured value and the client's address is allowed.
+/// The `source.address` property is read only after the value matched.
+fn override_version(rule: &VersionOverride) -> Option<Version> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, &rule.header).ok().flatten()?;
+    let version = rule.version_for(&value)?;
+    if !rule.restricts_source() {
+        return Some(version);
+    }
+    let address = hostcalls::get_property(vec!["source", "address"]).ok().flatten()?;
+    rule.allows_source(&address).then_some(version)
 }
 
 /// A sticky key as read from the request, kept in the buffer the host gave.
@@ -372,6 +479,7 @@ fn define_metrics() -> Option<Metrics> {
         weight_bp: gauge("canary_split_weight_bp")?,
         weights_version: gauge("canary_split_weights_version")?,
         sync_failures: counter("canary_split_sync_failures")?,
+        sync_timeouts: counter("canary_split_sync_timeouts")?,
     })
 }
 

@@ -37,8 +37,16 @@ pub struct SyncOutcome {
 pub enum SyncFailure {
     /// Envoy could not dispatch the call (unknown cluster, bad headers).
     Dispatch,
-    /// Reset or timeout: Envoy reports these as a response without headers.
+    /// Reset or connection failure: Envoy reports these as a response
+    /// without headers.
     NoResponse,
+    /// The call's timeout fired: the analyzer accepted the call and never
+    /// answered. Envoy 1.40 ends such a call with its own 504 (measured; a
+    /// reset could also arrive as a response without headers), so the shim
+    /// reports [`SyncFailure::Status`] or [`SyncFailure::NoResponse`] and
+    /// [`Worker::finish_sync`] tells a timeout apart by how long the call
+    /// was open.
+    Timeout { open_ms: u64 },
     /// The analyzer answered with a status other than 200.
     Status(u16),
     /// A 200 whose body did not decode.
@@ -51,13 +59,21 @@ impl std::fmt::Display for SyncFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SyncFailure::Dispatch => f.write_str("could not dispatch the call (is the analyzer cluster defined?)"),
-            SyncFailure::NoResponse => f.write_str("no response (reset or timeout)"),
+            SyncFailure::NoResponse => f.write_str("no response (connection refused or reset)"),
+            SyncFailure::Timeout { open_ms } => write!(f, "no answer within {open_ms} ms (timed out)"),
             SyncFailure::Status(status) => write!(f, "analyzer answered HTTP {status}"),
             SyncFailure::BadBody(error) => write!(f, "bad response body: {error}"),
             SyncFailure::WrongAck { sent, acked } => write!(f, "sent seq {sent} but the analyzer acknowledged {acked}"),
         }
     }
 }
+
+/// How much longer than the analyzer's longest hold a sync call may stay
+/// open before Envoy abandons it.
+pub const SYNC_TIMEOUT_SLACK_MS: u64 = 5_000;
+/// A header-less response this close to the deadline is the timeout firing:
+/// the host timer and the VM's clock are read at slightly different moments.
+const TIMEOUT_CLOCK_TOLERANCE_MS: u64 = 50;
 
 /// A worker VM's state.
 #[derive(Debug)]
@@ -73,12 +89,15 @@ pub struct Worker {
     report_interval_ms: u64,
     /// The report cut and sent but not yet acknowledged: (seq, bytes).
     unacked: Option<(u64, Vec<u8>)>,
+    /// Requests in the unacknowledged report.
+    unacked_requests: u64,
     in_flight: bool,
     last_dispatch_ms: u64,
     /// No sync starts before this monotonic time.
     next_sync_ms: u64,
     consecutive_failures: u64,
     sync_failures_total: u64,
+    sync_timeouts_total: u64,
 }
 
 impl Worker {
@@ -107,11 +126,13 @@ impl Worker {
             },
             report_interval_ms: u64::from(report_interval_ms),
             unacked: None,
+            unacked_requests: 0,
             in_flight: false,
             last_dispatch_ms: 0,
             next_sync_ms: 0,
             consecutive_failures: 0,
             sync_failures_total: 0,
+            sync_timeouts_total: 0,
         }
     }
 
@@ -125,6 +146,33 @@ impl Worker {
 
     pub fn sync_failures_total(&self) -> u64 {
         self.sync_failures_total
+    }
+
+    /// Failed syncs that were timeouts (a subset of the failures).
+    pub fn sync_timeouts_total(&self) -> u64 {
+        self.sync_timeouts_total
+    }
+
+    /// The timeout to give each sync call: the analyzer's longest hold (the
+    /// report interval) plus slack for a slow network or a busy analyzer.
+    pub fn sync_timeout_ms(&self) -> u64 {
+        self.report_interval_ms + SYNC_TIMEOUT_SLACK_MS
+    }
+
+    /// Whether the worker has counts the analyzer has not acknowledged yet
+    /// (cut into a report or still accumulating).
+    pub fn has_unreported_counts(&self) -> bool {
+        self.unacked.is_some() || self.accumulating.iter().any(|stats| !stats.is_empty())
+    }
+
+    /// Requests the analyzer has not acknowledged yet: `(in_report,
+    /// accumulating)`, those in the report in flight (or waiting to be
+    /// re-sent; the analyzer may already have counted them) and those not
+    /// yet cut into a report (it cannot have).
+    pub fn unacknowledged_requests(&self) -> (u64, u64) {
+        let accumulating: u64 = self.accumulating.iter().map(|stats| stats.requests).sum();
+        let in_report = if self.unacked.is_some() { self.unacked_requests } else { 0 };
+        (in_report, accumulating)
     }
 
     /// Random split for a request without a sticky key.
@@ -158,6 +206,18 @@ impl Worker {
         *total = total.saturating_add(1);
     }
 
+    /// Asks the analyzer not to hold the answers to reports cut from now on
+    /// (`max_hold_ms` 0): a VM that is shutting down wants its
+    /// acknowledgement at once, not after a report interval.
+    pub fn stop_holding(&mut self) {
+        self.header.max_hold_ms = 0;
+    }
+
+    /// Whether a sync call is open.
+    pub fn sync_in_flight(&self) -> bool {
+        self.in_flight
+    }
+
     /// Whether a sync should start now.
     pub fn sync_due(&self, now_ms: u64) -> bool {
         !self.in_flight && now_ms >= self.next_sync_ms
@@ -176,6 +236,7 @@ impl Worker {
             // they started accumulating; from here on they are the applied ones.
             self.header.counts_weights_version = self.accumulating_weights_version;
             self.accumulating_weights_version = self.weights.weights_version;
+            self.unacked_requests = self.accumulating.iter().map(|stats| stats.requests).sum();
             let mut body = Vec::with_capacity(256);
             encode_report(&self.header, &self.accumulating[0], &self.accumulating[1], &mut body);
             for stats in &mut self.accumulating {
@@ -190,6 +251,12 @@ impl Worker {
     pub fn finish_sync(&mut self, now_ms: u64, result: Result<SyncResponse, SyncFailure>) -> SyncOutcome {
         self.in_flight = false;
         let sent_seq = self.unacked.as_ref().map_or(0, |(seq, _)| *seq);
+        let open_ms = now_ms.saturating_sub(self.last_dispatch_ms);
+        let timed_out = open_ms + TIMEOUT_CLOCK_TOLERANCE_MS >= self.sync_timeout_ms();
+        let result = result.map_err(|failure| match failure {
+            SyncFailure::NoResponse | SyncFailure::Status(504) if timed_out => SyncFailure::Timeout { open_ms },
+            other => other,
+        });
         let result = result.and_then(|response| {
             if response.acked_seq == sent_seq {
                 Ok(response)
@@ -216,9 +283,12 @@ impl Worker {
                 let resync_now = now_ms >= self.next_sync_ms;
                 SyncOutcome { weights_changed, recovered, failed: false, resync_now }
             }
-            Err(_) => {
+            Err(failure) => {
                 self.consecutive_failures += 1;
                 self.sync_failures_total += 1;
+                if matches!(failure, SyncFailure::Timeout { .. }) {
+                    self.sync_timeouts_total += 1;
+                }
                 self.next_sync_ms = now_ms + self.report_interval_ms.min(1_000);
                 SyncOutcome { weights_changed: None, recovered: false, failed: true, resync_now: false }
             }

@@ -159,3 +159,54 @@ fn initial_weight_is_used_until_the_analyzer_answers() {
     assert_eq!(worker.decide_random(), Version::Canary);
     assert_eq!(worker.weights().weights_version, 0);
 }
+
+#[test]
+fn a_header_less_answer_at_the_deadline_counts_as_a_timeout() {
+    let mut worker = worker();
+    assert_eq!(worker.sync_timeout_ms(), 1_000 + canary_filter::worker::SYNC_TIMEOUT_SLACK_MS);
+    worker.record(Version::Canary, StatusClass::Success, 100);
+    assert!(worker.has_unreported_counts());
+    sent(&mut worker, 0);
+    worker.record(Version::Stable, StatusClass::Success, 100);
+    assert_eq!(worker.unacknowledged_requests(), (1, 1), "one in the report, one accumulating");
+    assert!(worker.sync_in_flight());
+    // Early: the connection was refused or reset, not a timeout.
+    assert!(worker.finish_sync(300, Err(SyncFailure::NoResponse)).failed);
+    assert_eq!((worker.sync_failures_total(), worker.sync_timeouts_total()), (1, 0));
+
+    // The analyzer accepted the call and never answered: Envoy ends it at
+    // the timeout it was given.
+    sent(&mut worker, 2_000);
+    let deadline_ms = 2_000 + worker.sync_timeout_ms();
+    assert!(worker.finish_sync(deadline_ms, Err(SyncFailure::NoResponse)).failed);
+    assert_eq!((worker.sync_failures_total(), worker.sync_timeouts_total()), (2, 1));
+    assert_eq!(worker.weights(), weights(0, 0), "fail-static");
+    assert!(worker.has_unreported_counts(), "the report waits for an acknowledgement");
+
+    // Envoy 1.40 ends a timed-out call with its own 504.
+    sent(&mut worker, 8_000);
+    worker.finish_sync(8_000 + worker.sync_timeout_ms(), Err(SyncFailure::Status(504)));
+    assert_eq!((worker.sync_failures_total(), worker.sync_timeouts_total()), (3, 2));
+    // An early 504 (say, from a proxy in between) is not this call's timeout.
+    sent(&mut worker, 9_000);
+    worker.finish_sync(9_100, Err(SyncFailure::Status(504)));
+    assert_eq!((worker.sync_failures_total(), worker.sync_timeouts_total()), (4, 2));
+
+    // Other failures at the deadline are not timeouts.
+    sent(&mut worker, 10_000);
+    worker.finish_sync(10_000 + worker.sync_timeout_ms(), Err(SyncFailure::Status(503)));
+    assert_eq!((worker.sync_failures_total(), worker.sync_timeouts_total()), (5, 2));
+
+    let report = sent(&mut worker, 20_000);
+    let outcome = worker.finish_sync(20_010, ack(report.header.seq, weights(1, 0)));
+    assert!(outcome.recovered);
+    assert_eq!(worker.unacknowledged_requests(), (0, 1), "the report is acknowledged, the later request waits");
+    assert_eq!(report.header.max_hold_ms, 1_000, "the analyzer may hold a report for the interval");
+    worker.stop_holding();
+    let report = sent(&mut worker, 21_000);
+    assert_eq!(report.header.max_hold_ms, 0, "a VM shutting down wants its answer at once");
+    assert_eq!(worker.unacknowledged_requests(), (1, 0));
+    worker.finish_sync(21_010, ack(report.header.seq, weights(1, 0)));
+    assert!(!worker.has_unreported_counts(), "acknowledged");
+    assert_eq!(worker.unacknowledged_requests(), (0, 0));
+}

@@ -84,6 +84,11 @@ impl Analyzer {
         self.process.is_some()
     }
 
+    /// The process id of the current run, `None` while stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::pid)
+    }
+
     /// The log of the current (or last) run.
     pub fn log_path(&self) -> PathBuf {
         self.log_path_of(self.starts.max(1))
@@ -150,7 +155,9 @@ impl Analyzer {
             .env("NO_COLOR", "1")
             // The token comes from the config file; an inherited variable
             // must not change what the test configured.
-            .env_remove("CANARY_FILTER_TOKEN");
+            .env_remove("CANARY_FILTER_TOKEN")
+            .env_remove("CANARY_SRE_TOKEN")
+            .env_remove("CANARY_READ_TOKEN");
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }

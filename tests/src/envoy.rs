@@ -192,12 +192,48 @@ pub fn validate(envoy: &Path, config: &Path, working_dir: &Path) -> anyhow::Resu
         .with_context(|| format!("run {} --mode validate", envoy.display()))
 }
 
+/// How an Envoy process takes part in hot restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HotRestart {
+    /// `--disable-hot-restart`: no shared memory, so parallel stacks cannot
+    /// collide on a base id. What every test uses unless it restarts Envoy.
+    #[default]
+    Disabled,
+    /// Epoch 0 with a base id Envoy picks itself (`--use-dynamic-base-id`),
+    /// written to `envoy-base-id` in the directory, so a test can start
+    /// epoch 1 without colliding with other Envoys on the machine.
+    ///
+    /// `drain_time_s` is how this process drains once a later epoch
+    /// replaces it: a parent drains by its own flags, not its child's.
+    /// Envoy's default (600 s, gradual) closes almost no keep-alive
+    /// connection within a test's few seconds, so the parent would serve
+    /// until it is shut down; both epochs therefore get
+    /// `--drain-strategy immediate`, which tells every connection to close
+    /// after its next response as soon as the drain starts.
+    First { drain_time_s: u32 },
+    /// A later epoch taking over from the running parent: it inherits the
+    /// listen sockets and makes the parent exit after
+    /// `parent_shutdown_time_s`; `drain_time_s` as for `First`.
+    Child { base_id: u32, epoch: u32, drain_time_s: u32, parent_shutdown_time_s: u32 },
+}
+
+impl HotRestart {
+    fn epoch(self) -> u32 {
+        match self {
+            HotRestart::Disabled | HotRestart::First { .. } => 0,
+            HotRestart::Child { epoch, .. } => epoch,
+        }
+    }
+}
+
 /// A running Envoy.
 #[derive(Debug)]
 pub struct Envoy {
     process: ChildProcess,
     admin: SocketAddr,
     listener: SocketAddr,
+    base_id: Option<u32>,
+    epoch: u32,
 }
 
 impl Envoy {
@@ -214,7 +250,23 @@ impl Envoy {
         dir: &Path,
         deadline: Instant,
     ) -> anyhow::Result<Self> {
-        let admin_address_path = dir.join("envoy-admin.address");
+        Self::start_with(binary, bootstrap, concurrency, dir, deadline, HotRestart::Disabled).await
+    }
+
+    /// [`Envoy::start`] with a hot-restart role. Epoch `n > 0` logs to
+    /// `envoy.<n>.log` and writes `envoy-admin.<n>.address`.
+    pub async fn start_with(
+        binary: &Path,
+        bootstrap: &Path,
+        concurrency: usize,
+        dir: &Path,
+        deadline: Instant,
+        hot_restart: HotRestart,
+    ) -> anyhow::Result<Self> {
+        let epoch = hot_restart.epoch();
+        let suffix = if epoch == 0 { String::new() } else { format!(".{epoch}") };
+        let admin_address_path = dir.join(format!("envoy-admin{suffix}.address"));
+        let base_id_path = dir.join("envoy-base-id");
         // A file left by an earlier Envoy in this directory would name a
         // dead admin port.
         let _ = std::fs::remove_file(&admin_address_path);
@@ -223,12 +275,28 @@ impl Envoy {
             .arg("-c")
             .arg(bootstrap)
             .args(["--concurrency", &concurrency.to_string()])
-            // No shared memory: parallel stacks cannot collide on a base id.
-            .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_address_path)
             .args(["-l", "info"]);
-        let mut process = ChildProcess::spawn("envoy", command, &dir.join("envoy.log"))?;
+        match hot_restart {
+            // No shared memory: parallel stacks cannot collide on a base id.
+            HotRestart::Disabled => {
+                command.arg("--disable-hot-restart");
+            }
+            HotRestart::First { drain_time_s } => {
+                let _ = std::fs::remove_file(&base_id_path);
+                command.arg("--use-dynamic-base-id").arg("--base-id-path").arg(&base_id_path);
+                command.args(["--drain-time-s", &drain_time_s.to_string(), "--drain-strategy", "immediate"]);
+            }
+            HotRestart::Child { base_id, epoch, drain_time_s, parent_shutdown_time_s } => {
+                command
+                    .args(["--base-id", &base_id.to_string(), "--restart-epoch", &epoch.to_string()])
+                    .args(["--parent-shutdown-time-s", &parent_shutdown_time_s.to_string()])
+                    .args(["--drain-time-s", &drain_time_s.to_string(), "--drain-strategy", "immediate"]);
+            }
+        }
+        let name = if epoch == 0 { "envoy".to_owned() } else { format!("envoy (epoch {epoch})") };
+        let mut process = ChildProcess::spawn(&name, command, &dir.join(format!("envoy{suffix}.log")))?;
         let admin = loop {
             if let Ok(text) = std::fs::read_to_string(&admin_address_path)
                 && let Ok(admin) = text.trim().parse::<SocketAddr>()
@@ -264,7 +332,26 @@ impl Envoy {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Self { process, admin, listener })
+        let base_id = match hot_restart {
+            HotRestart::Disabled => None,
+            HotRestart::Child { base_id, .. } => Some(base_id),
+            HotRestart::First { .. } => {
+                let text = std::fs::read_to_string(&base_id_path)
+                    .with_context(|| format!("envoy did not write {}", base_id_path.display()))?;
+                Some(text.trim().parse().with_context(|| format!("base id {text:?} in {}", base_id_path.display()))?)
+            }
+        };
+        Ok(Self { process, admin, listener, base_id, epoch })
+    }
+
+    /// The shared-memory base id, when started for hot restarts.
+    pub fn base_id(&self) -> Option<u32> {
+        self.base_id
+    }
+
+    /// The hot-restart epoch (0 for the first or only Envoy).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
     }
 
     pub fn admin(&self) -> SocketAddr {

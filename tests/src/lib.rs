@@ -29,7 +29,7 @@ pub use backend::{BackendOpts, BackendStats};
 pub use load::{Load, LoadReport, Outcome};
 pub use paths::Binaries;
 pub use rollout::BackgroundLoad;
-pub use stack::{Ports, Stack, StackBuilder};
+pub use stack::{HungAnalyzer, Ports, Stack, StackBuilder};
 
 /// Re-exported for [`eventually!`], so callers need no direct dependency.
 pub use anyhow;

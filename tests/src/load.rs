@@ -128,6 +128,9 @@ pub struct Outcome {
     /// When the rate schedule wanted it sent (`sent_at` minus this is how
     /// late it went out); `None` without a rate.
     pub due_at: Option<Instant>,
+    /// From `sent_at` to the end of the response body; `None` without a
+    /// response.
+    pub latency: Option<Duration>,
 }
 
 /// What a run did.
@@ -151,6 +154,24 @@ impl LoadReport {
     /// Responses served by backend `name`.
     pub fn served_by(&self, name: &str) -> u64 {
         self.served_by.get(name).copied().unwrap_or(0)
+    }
+
+    /// Responses without the backend's `x-served-by` header: replies Envoy
+    /// made itself (no upstream, a failed filter), never a backend's.
+    pub fn proxy_replies(&self) -> u64 {
+        self.served_by("none")
+    }
+
+    /// The `quantile` (0..=1, nearest rank) of the recorded requests'
+    /// latencies; needs [`Load::record_each`]. `None` without any response.
+    pub fn latency_quantile(&self, quantile: f64) -> Option<Duration> {
+        let mut latencies: Vec<Duration> = self.outcomes.iter().filter_map(|outcome| outcome.latency).collect();
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort_unstable();
+        let rank = (quantile.clamp(0.0, 1.0) * latencies.len() as f64).ceil() as usize;
+        latencies.get(rank.saturating_sub(1)).copied()
     }
 
     pub fn requests_per_second(&self) -> f64 {
@@ -231,13 +252,14 @@ async fn worker(
             Ok(Ok((status, served_by))) => {
                 *report.status.entry(status).or_default() += 1;
                 *report.served_by.entry(served_by.clone().unwrap_or_else(|| "none".to_owned())).or_default() += 1;
-                Outcome { index, status: Some(status), served_by, sent_at, due_at }
+                let latency = sent_at.map(|sent_at| sent_at.elapsed());
+                Outcome { index, status: Some(status), served_by, sent_at, due_at, latency }
             }
             Ok(Err(error)) => {
                 sender = None;
                 report.transport_errors += 1;
                 report.first_error.get_or_insert_with(|| format!("request {index}: {error:#}"));
-                Outcome { index, status: None, served_by: None, sent_at, due_at }
+                Outcome { index, status: None, served_by: None, sent_at, due_at, latency: None }
             }
             Err(_) => {
                 sender = None;
@@ -245,7 +267,7 @@ async fn worker(
                 report
                     .first_error
                     .get_or_insert_with(|| format!("request {index}: timed out after {REQUEST_TIMEOUT:?}"));
-                Outcome { index, status: None, served_by: None, sent_at, due_at }
+                Outcome { index, status: None, served_by: None, sent_at, due_at, latency: None }
             }
         };
         if load.record_each {

@@ -18,6 +18,26 @@ pub const FILTER_WASM_ENV: &str = "CANARY_FILTER_WASM";
 pub const ANALYZER_BIN_ENV: &str = "CANARY_ANALYZER_BIN";
 /// Environment variable naming the `demo-backend` binary.
 pub const BACKEND_BIN_ENV: &str = "DEMO_BACKEND_BIN";
+/// Environment variable naming the filter built with its test-only
+/// `test-panic` feature (`cargo xtask build` makes it).
+pub const FILTER_PANIC_WASM_ENV: &str = "CANARY_FILTER_PANIC_WASM";
+
+/// The `test-panic` filter module: from the environment, else where
+/// `cargo xtask build` puts it (its own target directory, so it never
+/// replaces the real module). Fails, saying how to build it, when missing.
+pub fn filter_panic_wasm() -> anyhow::Result<PathBuf> {
+    let path = env_path(FILTER_PANIC_WASM_ENV)
+        .unwrap_or_else(|| target_dir().join("filter-test-panic/wasm32-wasip1/release/canary_filter.wasm"));
+    if !path.is_file() {
+        bail!(
+            "the test-panic filter build {} is missing (set {FILTER_PANIC_WASM_ENV} to override); build it with \
+             `cargo xtask build`, or `cargo build -p canary-filter --target wasm32-wasip1 --release --features \
+             test-panic --target-dir target/filter-test-panic`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
 
 /// The four artifacts a stack runs.
 #[derive(Debug, Clone)]

@@ -17,6 +17,8 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::analyzer::{Analyzer, StopMode};
 use crate::backend::{Backend, BackendOpts, BackendStats};
-use crate::envoy::{BootstrapParams, Envoy, render_bootstrap};
+use crate::envoy::{BootstrapParams, Envoy, HotRestart, render_bootstrap};
 use crate::http::{self, HttpResponse};
 use crate::load::{self, Load, LoadReport};
 use crate::paths::Binaries;
@@ -40,6 +42,8 @@ pub const NODE_ID: &str = "envoy-test";
 /// Environment variable bounding how many stacks run at once in one process
 /// (default 1: one stack already keeps both cores of a small machine busy).
 pub const MAX_STACKS_ENV: &str = "CANARY_TEST_MAX_STACKS";
+/// How long a hot-restartable Envoy drains when a later epoch replaces it.
+pub const HOT_RESTART_DRAIN_TIME_S: u32 = 1;
 /// Environment variable that keeps every stack's directory, not only failed
 /// ones.
 pub const KEEP_LOGS_ENV: &str = "CANARY_TEST_KEEP_LOGS";
@@ -99,6 +103,7 @@ pub struct StackBuilder {
     expected_sync_vms: Option<usize>,
     use_permit: bool,
     envoy_host_health: bool,
+    hot_restartable: bool,
 }
 
 /// A running stack. Dropping it stops everything.
@@ -114,6 +119,10 @@ pub struct Stack {
     bootstrap_path: PathBuf,
     /// Keep the directory on drop even without a panic (a failed start).
     keep_logs: bool,
+    /// Envoy parents replaced by a hot restart, until they exit (killed on
+    /// drop like the rest).
+    retired_envoys: Vec<Envoy>,
+    envoy_binary: PathBuf,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -130,6 +139,7 @@ impl Default for StackBuilder {
             expected_sync_vms: None,
             use_permit: true,
             envoy_host_health: false,
+            hot_restartable: false,
         }
     }
 }
@@ -210,6 +220,15 @@ impl StackBuilder {
         self.expected_sync_vms(0)
     }
 
+    /// Starts Envoy so that [`Stack::hot_restart_envoy`] can replace it: with
+    /// a dynamic shared-memory base id instead of `--disable-hot-restart`,
+    /// and on a fixed listener port (a free one is picked up front), since
+    /// the new epoch inherits the listen socket by address.
+    pub fn hot_restartable(mut self) -> Self {
+        self.hot_restartable = true;
+        self
+    }
+
     /// Does not take a slot of the process-wide stack limit (the demo runs
     /// one stack and nothing else).
     pub fn without_permit(mut self) -> Self {
@@ -255,6 +274,9 @@ impl StackBuilder {
                 self.ports.admin, self.analyzer_config_toml
             );
         }
+        if self.hot_restartable && self.ports.listener == 0 {
+            self.ports.listener = free_port()?;
+        }
         let binaries = self.binaries.clone().unwrap_or_else(Binaries::from_env);
         binaries.check()?;
         let deadline = Instant::now() + crate::patience().max(Duration::from_secs(20));
@@ -279,6 +301,8 @@ impl StackBuilder {
             dir_path,
             bootstrap_path,
             keep_logs: false,
+            retired_envoys: Vec::new(),
+            envoy_binary: binaries.envoy.clone(),
             _permit: permit,
         };
         let expected_sync_vms = self.expected_sync_vms.unwrap_or(self.concurrency + 1);
@@ -340,7 +364,13 @@ impl StackBuilder {
         });
         let bootstrap_path = dir.join("envoy.yaml");
         std::fs::write(&bootstrap_path, bootstrap)?;
-        let envoy = Envoy::start(&binaries.envoy, &bootstrap_path, self.concurrency, dir, deadline).await?;
+        let hot_restart = if self.hot_restartable {
+            HotRestart::First { drain_time_s: HOT_RESTART_DRAIN_TIME_S }
+        } else {
+            HotRestart::Disabled
+        };
+        let envoy =
+            Envoy::start_with(&binaries.envoy, &bootstrap_path, self.concurrency, dir, deadline, hot_restart).await?;
         Ok((stable, canary, analyzer, envoy, bootstrap_path))
     }
 }
@@ -374,6 +404,17 @@ impl Stack {
 
     pub fn bootstrap_path(&self) -> &Path {
         &self.bootstrap_path
+    }
+
+    /// Envoy's process id, for reading its `/proc/PID/status`.
+    pub fn envoy_pid(&self) -> Option<u32> {
+        self.envoy.process().pid()
+    }
+
+    /// The running analyzer's process id; a restart changes it, and it is
+    /// `None` while the analyzer is stopped.
+    pub fn analyzer_pid(&self) -> Option<u32> {
+        self.analyzer.pid()
     }
 
     pub fn backend(&self, version: Version) -> &Backend {
@@ -463,6 +504,87 @@ impl Stack {
         self.envoy.process_mut().kill();
     }
 
+    /// Hot-restarts Envoy: starts the next epoch on the same bootstrap, base
+    /// id and listener port, and returns once it is ready (admin `/ready`,
+    /// listener accepting) — which is when the parent stops accepting and
+    /// starts draining ([`HOT_RESTART_DRAIN_TIME_S`], every connection told
+    /// to close after its next response). The parent stays in the stack
+    /// until it exits, after `parent_shutdown_time_s`; see
+    /// [`Stack::wait_for_retired_envoys`]. Needs
+    /// [`StackBuilder::hot_restartable`].
+    pub async fn hot_restart_envoy(&mut self, parent_shutdown_time_s: u32) -> anyhow::Result<()> {
+        let Some(base_id) = self.envoy.base_id() else {
+            bail!("this stack's Envoy runs with --disable-hot-restart; build it with hot_restartable()");
+        };
+        let epoch = self.envoy.epoch() + 1;
+        let child = Envoy::start_with(
+            &self.envoy_binary,
+            &self.bootstrap_path,
+            self.concurrency,
+            &self.dir_path,
+            Instant::now() + crate::patience(),
+            HotRestart::Child { base_id, epoch, drain_time_s: HOT_RESTART_DRAIN_TIME_S, parent_shutdown_time_s },
+        )
+        .await?;
+        if child.listener() != self.envoy.listener() {
+            bail!("epoch {epoch} listens on {}, its parent on {}", child.listener(), self.envoy.listener());
+        }
+        let parent = std::mem::replace(&mut self.envoy, child);
+        self.retired_envoys.push(parent);
+        Ok(())
+    }
+
+    /// Waits until every Envoy replaced by a hot restart has exited, and
+    /// returns their exit statuses.
+    pub async fn wait_for_retired_envoys(&mut self, timeout: Duration) -> anyhow::Result<Vec<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        let mut statuses = Vec::new();
+        for envoy in &mut self.retired_envoys {
+            loop {
+                if let Some(status) = envoy.process_mut().exit_status() {
+                    statuses.push(status);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    bail!("Envoy epoch {} did not exit within {timeout:?}", envoy.epoch());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(statuses)
+    }
+
+    /// The logs of the Envoys a hot restart replaced, oldest first.
+    pub fn retired_envoy_logs(&self) -> Vec<String> {
+        self.retired_envoys.iter().map(Envoy::log).collect()
+    }
+
+    /// Kills the analyzer (SIGKILL) and puts in its place, on the same
+    /// address, a listener that accepts connections and never answers:
+    /// a hung analyzer. [`HungAnalyzer::stop`] frees the port again for
+    /// [`Stack::start_analyzer_again`].
+    pub async fn hang_analyzer(&mut self) -> anyhow::Result<HungAnalyzer> {
+        self.analyzer.stop(StopMode::Kill).await?;
+        let address = self.analyzer.address();
+        // tokio sets SO_REUSEADDR, so the killed analyzer's connections in
+        // TIME_WAIT do not block the bind.
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("bind the hung analyzer on {address}"))?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            // Held, never read or written: the peer sees a connection whose
+            // requests are never answered.
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                held.push(socket);
+            }
+        });
+        Ok(HungAnalyzer { address, accepted, task })
+    }
+
     pub async fn stop_analyzer(&mut self, mode: StopMode) -> anyhow::Result<()> {
         self.analyzer.stop(mode).await
     }
@@ -506,7 +628,9 @@ impl Stack {
 
     /// Paths of every log, for messages.
     pub fn log_paths(&self) -> Vec<PathBuf> {
-        let mut paths = vec![self.envoy.process().log_path().to_path_buf()];
+        let mut paths: Vec<PathBuf> =
+            self.retired_envoys.iter().map(|envoy| envoy.process().log_path().to_path_buf()).collect();
+        paths.push(self.envoy.process().log_path().to_path_buf());
         paths.extend(self.analyzer.log_paths());
         paths.push(self.stable.process().log_path().to_path_buf());
         paths.push(self.canary.process().log_path().to_path_buf());
@@ -529,6 +653,9 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Envoy first, so no filter keeps syncing with a dying analyzer.
         self.envoy.process_mut().kill();
+        for envoy in &mut self.retired_envoys {
+            envoy.process_mut().kill();
+        }
         self.analyzer.kill();
         let failed = self.keep_logs || std::thread::panicking();
         if let Some(dir) = self.dir.take()
@@ -540,6 +667,42 @@ impl Drop for Stack {
                 eprintln!("  {}", path.display());
             }
         }
+    }
+}
+
+/// A listener in the analyzer's place that accepts connections and never
+/// answers (see [`Stack::hang_analyzer`]). Dropping it aborts the task,
+/// but only [`HungAnalyzer::stop`] waits until the port is free.
+#[derive(Debug)]
+pub struct HungAnalyzer {
+    address: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HungAnalyzer {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Connections accepted (and left unanswered) so far.
+    pub fn accepted_connections(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and every held connection, and waits until the
+    /// port is free.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        // Once the aborted task is joined, the listener and the held sockets
+        // have been dropped.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for HungAnalyzer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -15,6 +15,8 @@ pub const ENVOY_BIN: &str = "ENVOY_BIN";
 pub const CANARY_FILTER_WASM: &str = "CANARY_FILTER_WASM";
 pub const CANARY_ANALYZER_BIN: &str = "CANARY_ANALYZER_BIN";
 pub const DEMO_BACKEND_BIN: &str = "DEMO_BACKEND_BIN";
+/// The filter built with its test-only `test-panic` feature.
+pub const CANARY_FILTER_PANIC_WASM: &str = "CANARY_FILTER_PANIC_WASM";
 
 pub fn build(paths: &Paths) -> Result<()> {
     build_filter(paths)?;
@@ -28,7 +30,20 @@ pub fn build_filter(paths: &Paths) -> Result<()> {
     let bytes =
         std::fs::metadata(&wasm).with_context(|| format!("the build did not produce {}", wasm.display()))?.len();
     eprintln!("filter: {} ({bytes} bytes)", wasm.display());
-    Ok(())
+    // The test-only panicking build goes to its own target directory, so it
+    // can never be mistaken for (or overwrite) the module above.
+    let panic_target = filter_panic_target(paths);
+    cmd::run(
+        cargo(paths)
+            .args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"])
+            .args(["--features", "test-panic", "--target-dir"])
+            .arg(&panic_target),
+    )
+}
+
+/// Where the `test-panic` filter build lives.
+fn filter_panic_target(paths: &Paths) -> PathBuf {
+    paths.target.join("filter-test-panic")
 }
 
 /// The analyzer and the test crate's binaries (`demo-backend`, `canary-demo`).
@@ -190,6 +205,10 @@ pub fn artifact_env(paths: &Paths, tools: &Tools) -> Vec<(&'static str, PathBuf)
         (CANARY_FILTER_WASM, paths.filter_wasm()),
         (CANARY_ANALYZER_BIN, paths.debug_bin("canary-analyzer")),
         (DEMO_BACKEND_BIN, paths.debug_bin("demo-backend")),
+        (
+            CANARY_FILTER_PANIC_WASM,
+            filter_panic_target(paths).join("wasm32-wasip1").join("release").join("canary_filter.wasm"),
+        ),
     ]
 }
 
@@ -229,5 +248,9 @@ mod tests {
         assert_eq!(get(CANARY_FILTER_WASM), Some("/repo/target/wasm32-wasip1/release/canary_filter.wasm"));
         assert_eq!(get(CANARY_ANALYZER_BIN), Some("/repo/target/debug/canary-analyzer"));
         assert_eq!(get(DEMO_BACKEND_BIN), Some("/repo/target/debug/demo-backend"));
+        assert_eq!(
+            get(CANARY_FILTER_PANIC_WASM),
+            Some("/repo/target/filter-test-panic/wasm32-wasip1/release/canary_filter.wasm")
+        );
     }
 }

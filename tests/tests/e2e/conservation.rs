@@ -3,8 +3,11 @@
 //! served, also across an analyzer crash (the filter keeps unacknowledged
 //! reports and resends them; the analyzer drops duplicates by sequence).
 
+use std::time::Duration;
+
 use canary_protocol::Version;
 use canary_tests::envoy::prometheus_value;
+use canary_tests::rollout::phase_of;
 use canary_tests::stats::{Z_99_9, binomial_interval};
 use canary_tests::{BackendOpts, Load, Stack, StopMode, anyhow, eventually};
 
@@ -12,7 +15,7 @@ use super::{assert_all_answered, assert_confirmed, total};
 
 /// Waits until the analyzer's per-version totals (requests and errors) and
 /// Envoy's `canary_split_requests_*` counters equal the backends' counts.
-async fn assert_counts_converge(stack: &Stack) {
+pub(super) async fn assert_counts_converge(stack: &Stack) {
     let [stable, canary] = stack.served().await.expect("backend stats");
     eventually!("analyzer and Envoy counts equal the backends'", {
         let rollout = stack.rollout().await?;
@@ -57,38 +60,57 @@ async fn analyzer_totals_equal_backend_counts_across_weight_changes() {
     assert_counts_converge(&stack).await;
 }
 
+/// The analyzer is killed (`kill -9`) and restarted while traffic flows:
+/// no request fails in the proxy (every response comes from a backend),
+/// the workers keep the split they had (fail-static), and after the restart
+/// the weight, its version and the rollout phase are unchanged and every
+/// request is counted exactly once. (The rollout tests check a `kill -9` in
+/// the middle of a rollout step.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_survives_an_analyzer_crash_and_counts_recover_exactly() {
     let mut stack = super::stack().start().await.expect("stack starts");
     let answer = stack.set_weight(50.0).await.expect("set weight");
     assert_confirmed(&answer, stack.concurrency() as u64);
     let weights_version = answer["weights_version"].clone();
+    let phase_before = phase_of(&stack.rollout().await.expect("rollout")).map(str::to_owned);
     assert_all_answered(&stack.load(Load::requests(2_000)).await, &[200]);
 
-    stack.stop_analyzer(StopMode::Kill).await.expect("kill analyzer");
-    // Fail-static: the workers keep the last weights they applied.
-    let requests = 10_000;
-    let report = stack.load(Load::requests(requests)).await;
-    assert_all_answered(&report, &[200]);
-    let share = report.served_by("canary") as f64 / requests as f64;
-    let (low, high) = binomial_interval(0.5, requests, Z_99_9);
-    eprintln!(
-        "analyzer down: canary share {:.2}% of {requests} (99.9% interval {:.2}%..{:.2}%)",
-        share * 100.0,
-        low * 100.0,
-        high * 100.0
+    // Paced so the analyzer is down for a good part of the run and comes
+    // back while requests still flow; bounded in count and time.
+    let load = stack.start_background_load(
+        Load::requests(20_000).rate_per_second(2_000.0).concurrency(16).max_duration(Duration::from_secs(30)),
     );
-    assert!((low..=high).contains(&share), "split without analyzer {share} outside [{low}, {high}]");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.stop_analyzer(StopMode::Kill).await.expect("kill analyzer");
     eventually!("Envoy counts sync failures while the analyzer is down", {
         let failures = prometheus_value(&stack.envoy_prometheus().await?, "canary_split_sync_failures");
         anyhow::ensure!(failures.is_some_and(|failures| failures > 0.0), "canary_split_sync_failures = {failures:?}");
         Ok(())
     });
-
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stack.start_analyzer_again().await.expect("analyzer restarts on the same port and state");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = load.stop().await;
+
+    // No proxy-made errors: every response carries the backend's marker.
+    assert_all_answered(&report, &[200]);
+    assert_eq!(report.served_by("none"), 0, "Envoy answered itself: {:?}", report.served_by);
+    // Fail-static: the workers kept the last weights they applied.
+    let requests = report.sent;
+    let share = report.served_by("canary") as f64 / requests as f64;
+    let (low, high) = binomial_interval(0.5, requests, Z_99_9);
+    eprintln!(
+        "analyzer kill -9 and restart under load: canary share {:.2}% of {requests} (99.9% interval {:.2}%..{:.2}%)",
+        share * 100.0,
+        low * 100.0,
+        high * 100.0
+    );
+    assert!((low..=high).contains(&share), "split across the crash {share} outside [{low}, {high}]");
+
     let rollout = stack.rollout().await.expect("rollout");
     assert_eq!(rollout["canary_weight_bp"], 5_000, "weight survives the restart: {rollout}");
     assert_eq!(rollout["weights_version"], weights_version, "weights version survives the restart: {rollout}");
+    assert_eq!(phase_of(&rollout).map(str::to_owned), phase_before, "rollout phase survives the restart");
     assert_counts_converge(&stack).await;
 }
 

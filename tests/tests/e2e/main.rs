@@ -11,6 +11,10 @@ mod backend;
 mod config;
 mod conservation;
 mod control;
+mod faults;
+// `override` is a reserved word; the module keeps the file's name readable.
+#[path = "override.rs"]
+mod override_header;
 mod propagation;
 mod rollout;
 mod routing;

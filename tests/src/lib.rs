@@ -19,6 +19,7 @@ pub mod load;
 pub mod paths;
 pub mod process;
 pub mod rollout;
+pub mod soak;
 pub mod stack;
 pub mod stats;
 

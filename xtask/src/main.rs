@@ -19,6 +19,7 @@ mod digest;
 mod install;
 mod lockfile;
 mod pipeline;
+mod soak;
 mod tasks;
 mod toolchain;
 
@@ -43,6 +44,12 @@ commands:
                build (release) and run the benchmarks (overhead, propagation, detection, scale,
                footprint; default all), writing bench/results/<date>-<host>/ and summary.md;
                --smoke: seconds each, debug builds, results under target/ (bench/README.md)
+  soak [--minutes N] [ARGS]
+               install, build, then run target/debug/canary-soak: steady load through Envoy for N
+               minutes (default 10, fractions allowed) with an analyzer restart, weight change,
+               rollback, new rollout or pause+resume every 30 s (more often under 3 minutes); prints
+               and writes a report under target/soak/<time>/, fails when a request, a count or memory
+               is lost (target/debug/canary-soak --help lists ARGS)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:
@@ -90,6 +97,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         "demo" => return tasks::demo(&paths, rest),
         "simulate" => return tasks::simulate(&paths, rest),
         "bench" => return bench::bench(&paths, rest),
+        "soak" => return soak::soak(&paths, rest),
         "envoy-path" => {
             no_extra_args()?;
             println!("{}", install::envoy(&paths)?.display());

@@ -73,16 +73,27 @@ impl LatencyHistogram {
     /// Records one latency; values past the top of the layout are clamped.
     #[inline]
     pub fn record_us(&mut self, latency_us: u64) {
-        self.record_n_us(latency_us, 1);
+        // Clamping keeps the value in range, so `add` cannot fail; the result
+        // is ignored rather than unwrapped because this runs on the filter's
+        // hot path. `add` wraps on overflow, which one-at-a-time recording
+        // cannot reach (2⁶⁴ requests in one bucket).
+        let _ = self.inner.add(latency_us.min(MAX_LATENCY_US), 1);
     }
 
     /// Records `count` latencies of the same value.
-    #[inline]
+    ///
+    /// Saturates like [`merge`](Self::merge) instead of going through the
+    /// `histogram` crate's `add`, which wraps: the `histogram` fuzz check
+    /// (fuzz/, on its seed corpus) found two large counts in one bucket
+    /// wrapping to a small one, losing counts. Not on the hot path, so the
+    /// bucket is found by a binary search over the bounds (the crate keeps
+    /// its index private).
     pub fn record_n_us(&mut self, latency_us: u64, count: u64) {
-        // Clamping keeps the value in range, so `add` cannot fail; the result
-        // is ignored rather than unwrapped because this runs on the filter's
-        // hot path.
-        let _ = self.inner.add(latency_us.min(MAX_LATENCY_US), count);
+        let latency_us = latency_us.min(MAX_LATENCY_US);
+        let index = bucket_bounds().partition_point(|&(_, upper_us)| upper_us < latency_us);
+        if let Some(bucket) = self.inner.as_mut_slice().get_mut(index) {
+            *bucket = bucket.saturating_add(count);
+        }
     }
 
     /// Adds another histogram's counts into this one.
@@ -181,7 +192,15 @@ fn quantiles_of<const N: usize>(
     }
     let bounds = bucket_bounds();
     // Nearest rank: the smallest sample whose rank is at least ceil(q·n).
-    let ranks = quantiles.map(|q| ((q.clamp(0.0, 1.0) * total_count as f64).ceil() as u64).max(1));
+    // Above 2⁵³ samples `total_count as f64` is rounded, so the rank is
+    // capped at the count (rounding up left the rank of q = 1 unreached and
+    // u64::MAX as the estimate) and q = 1 takes the count exactly (rounding
+    // down put the maximum in an earlier bucket). Both found by the
+    // `histogram` fuzz target.
+    let ranks = quantiles.map(|q| match q.clamp(0.0, 1.0) {
+        q if q >= 1.0 => total_count,
+        q => ((q * total_count as f64).ceil() as u64).clamp(1, total_count),
+    });
     let mut estimates = [u64::MAX; N];
     let mut seen = 0u64;
     for (index, count) in buckets {
@@ -297,5 +316,39 @@ mod tests {
         histogram.reset();
         assert!(histogram.is_empty());
         assert_eq!(histogram.quantiles_us([0.5]), None);
+    }
+
+    /// Found by the `histogram` fuzz target (fuzz/corpus/histogram/: seed-ones, crash-*).
+    #[test]
+    fn huge_counts_saturate_and_keep_quantiles_inside_the_data() {
+        let mut histogram = LatencyHistogram::new();
+        histogram.record_n_us(1_000, u64::MAX - 1);
+        histogram.record_n_us(1_000, 5);
+        assert_eq!(histogram.total_count(), u64::MAX, "saturates, does not wrap to 3");
+        // A total above 2^53 that rounds up as f64: the rank of q = 1 must
+        // still be reached.
+        let mut histogram = LatencyHistogram::new();
+        histogram.record_n_us(10, 1);
+        histogram.record_n_us(1_000, (1 << 54) + 2);
+        let upper_us = bucket_bounds()[histogram.to_sparse().buckets[1].0 as usize].1;
+        assert_eq!(histogram.quantiles_us([0.0, 1.0]), Some([10, upper_us]));
+        assert_eq!(histogram.to_sparse().quantiles_us([1.0]), Some([upper_us]));
+        // And one that rounds down: the single sample at the top must still
+        // be the maximum.
+        let mut histogram = LatencyHistogram::new();
+        histogram.record_n_us(1_000, 1 << 60);
+        histogram.record_us(u64::MAX);
+        assert_eq!(histogram.quantiles_us([1.0]), Some([MAX_LATENCY_US]));
+        // record_n_us finds its bucket by the bounds, record_us through the
+        // histogram crate: the same bucket at every edge.
+        for (index, &(lower_us, upper_us)) in bucket_bounds().iter().enumerate() {
+            for value_us in [lower_us, upper_us] {
+                let (mut by_bounds, mut by_crate) = (LatencyHistogram::new(), LatencyHistogram::new());
+                by_bounds.record_n_us(value_us, 1);
+                by_crate.record_us(value_us);
+                assert_eq!(by_bounds.to_sparse().buckets, [(index as u32, 1)], "{value_us} µs");
+                assert_eq!(by_crate.counts(), by_bounds.counts(), "{value_us} µs");
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@
 mod bench;
 mod cmd;
 mod digest;
+mod fuzz;
 mod install;
 mod lockfile;
 mod pipeline;
@@ -50,6 +51,10 @@ commands:
                rollback, new rollout or pause+resume every 30 s (more often under 3 minutes); prints
                and writes a report under target/soak/<time>/, fails when a request, a count or memory
                is lost (target/debug/canary-soak --help lists ARGS)
+  fuzz [--seconds N] [TARGET...]
+               run the cargo-fuzz targets (report_decode, weights_decode, filter_config, rollout_spec,
+               histogram; default all) for N seconds each (default 10) on nightly, installing cargo-fuzz
+               if missing; prints executions per target (fuzz/README.md)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:
@@ -98,6 +103,7 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         "simulate" => return tasks::simulate(&paths, rest),
         "bench" => return bench::bench(&paths, rest),
         "soak" => return soak::soak(&paths, rest),
+        "fuzz" => return fuzz::fuzz(&paths, rest),
         "envoy-path" => {
             no_extra_args()?;
             println!("{}", install::envoy(&paths)?.display());

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::install::{self, Tools};
 use crate::pipeline::Pipeline;
-use crate::{Paths, bench, cmd};
+use crate::{Paths, bench, cmd, fuzz, soak};
 
 /// Environment variables through which the integration tests and the demo
 /// find the artifacts, all absolute paths.
@@ -58,6 +58,8 @@ const CLIPPY_HOST: &str = "clippy (host)";
 const CLIPPY_WASM: &str = "clippy (wasm32-wasip1)";
 const TEST_HOST: &str = "test (host, with Envoy)";
 const TEST_WASM: &str = "test protocol (wasm32, Node)";
+const FUZZ_SMOKE: &str = "fuzz smoke";
+const SOAK: &str = "soak (1 minute)";
 const BENCH_SMOKE: &str = "bench smoke";
 
 /// Clippy warnings fail CI.
@@ -66,7 +68,7 @@ const DENY: [&str; 3] = ["--", "-D", "warnings"];
 pub fn test(paths: &Paths) -> Result<()> {
     let mut pipeline = Pipeline::new(
         "xtask test",
-        &[INSTALL, FMT, BUILD, CLIPPY_HOST, CLIPPY_WASM, TEST_HOST, TEST_WASM, BENCH_SMOKE],
+        &[INSTALL, FMT, BUILD, CLIPPY_HOST, CLIPPY_WASM, TEST_HOST, TEST_WASM, FUZZ_SMOKE, SOAK, BENCH_SMOKE],
     );
     let result = test_steps(paths, &mut pipeline);
     eprintln!("{}", pipeline.summary());
@@ -99,6 +101,13 @@ fn test_steps(paths: &Paths, pipeline: &mut Pipeline) -> Result<()> {
         })?;
         wasm_tests(paths, runner, tools.node_dir.as_deref())
     })?;
+    // Seconds per target on nightly; the stable corpus replay is already
+    // part of TEST_HOST.
+    pipeline.step(FUZZ_SMOKE, || fuzz::smoke(paths))?;
+    // Every operation of the soak once, with its no-request-lost and
+    // no-count-lost checks (too short to judge memory; the 10-minute run's
+    // result is in the README).
+    pipeline.step(SOAK, || soak::run(paths, &tools, &["--minutes", "1"]))?;
     // Seconds per benchmark: proves the harness still runs against the real
     // stack. The verdicts are printed, never enforced (benchmarks are not
     // timed tests).

@@ -286,16 +286,7 @@ async fn send_one(
     sender: &mut Option<SendRequest<Full<Bytes>>>,
     sent_at: &mut Option<Instant>,
 ) -> anyhow::Result<(u16, Option<String>)> {
-    // A connection Envoy closed is replaced before the request is written,
-    // so no request is lost or sent twice because of it.
-    if sender.as_mut().is_none_or(|open| open.is_closed()) {
-        *sender = Some(connect(target).await?);
-    }
-    let Some(open) = sender.as_mut() else { anyhow::bail!("no connection") };
-    if open.ready().await.is_err() {
-        *sender = Some(connect(target).await?);
-    }
-    let Some(open) = sender.as_mut() else { anyhow::bail!("no connection") };
+    let open = ready_connection(target, sender).await?;
     let mut request = Request::get(load.path.as_str()).header("host", "canary.test");
     for (name, value) in &load.static_headers {
         request = request.header(name.as_str(), value.as_str());
@@ -313,6 +304,24 @@ async fn send_one(
     // Drain the body so the connection can carry the next request.
     response.into_body().collect().await?;
     Ok((status, served_by))
+}
+
+/// The keep-alive connection of `sender`, ready for a request: a connection
+/// Envoy closed is replaced before the request is written, so no request is
+/// lost or sent twice because of it.
+pub(crate) async fn ready_connection(
+    target: SocketAddr,
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
+    if sender.as_mut().is_none_or(|open| open.is_closed()) {
+        *sender = Some(connect(target).await?);
+    }
+    if let Some(open) = sender.as_mut()
+        && open.ready().await.is_err()
+    {
+        *sender = Some(connect(target).await?);
+    }
+    sender.as_mut().ok_or_else(|| anyhow::anyhow!("no connection"))
 }
 
 async fn connect(target: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {

@@ -167,6 +167,21 @@ pub fn strip_ansi(text: &str) -> String {
     plain
 }
 
+/// Resolves on Ctrl-C or SIGTERM: the binaries that own a stack then drop
+/// it (killing its processes) rather than leave it running without them.
+pub async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(terminate) => { terminate.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

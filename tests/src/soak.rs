@@ -35,7 +35,6 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -1360,16 +1359,7 @@ async fn load_worker(
 /// for a non-2xx, a detail for the report (Envoy's local replies say why in
 /// the body, e.g. `no healthy upstream`).
 async fn send_one(target: SocketAddr, sender: &mut Option<SendRequest<Full<Bytes>>>) -> anyhow::Result<(Seen, String)> {
-    // A connection Envoy closed is replaced before the request is written,
-    // so no request is lost or sent twice because of it.
-    if sender.as_mut().is_none_or(|open| open.is_closed()) {
-        *sender = Some(connect(target).await?);
-    }
-    let Some(open) = sender.as_mut() else { anyhow::bail!("no connection") };
-    if open.ready().await.is_err() {
-        *sender = Some(connect(target).await?);
-    }
-    let Some(open) = sender.as_mut() else { anyhow::bail!("no connection") };
+    let open = crate::load::ready_connection(target, sender).await?;
     let request = Request::get("/").header("host", "canary.test").body(Full::new(Bytes::new()))?;
     let response = open.send_request(request).await?;
     let status = response.status().as_u16();
@@ -1391,17 +1381,6 @@ async fn send_one(target: SocketAddr, sender: &mut Option<SendRequest<Full<Bytes
         )
     };
     Ok((Seen::Response { status, served_by, upstream_service_time }, detail))
-}
-
-async fn connect(target: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = tokio::net::TcpStream::connect(target).await?;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // The connection ends when the sender is dropped or Envoy closes it.
-        let _ = connection.await;
-    });
-    Ok(sender)
 }
 
 #[cfg(test)]

@@ -129,23 +129,10 @@ async fn main() -> anyhow::Result<()> {
     // every process the demo started.
     tokio::select! {
         result = run(&args, started) => result,
-        _ = shutdown_signal() => {
+        _ = canary_tests::process::shutdown_signal() => {
             println!("\ninterrupted: stopping everything the demo started");
             Ok(())
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(terminate) => { terminate.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
     }
 }
 

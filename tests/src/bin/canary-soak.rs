@@ -72,7 +72,7 @@ async fn main() -> ExitCode {
     // every process the soak started.
     let report = tokio::select! {
         result = soak::run(&options) => result,
-        _ = shutdown_signal() => {
+        _ = canary_tests::process::shutdown_signal() => {
             eprintln!("canary-soak: interrupted; stopping everything it started");
             return ExitCode::FAILURE;
         }
@@ -91,19 +91,4 @@ async fn main() -> ExitCode {
     }
     eprintln!("canary-soak: report written to {}/report.{{md,json}}", out.display());
     if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
-}
-
-/// Ctrl-C or SIGTERM: either way the stack must be dropped (its processes
-/// killed) rather than left running without its owner.
-async fn shutdown_signal() {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match terminate.as_mut() {
-                Some(terminate) => { terminate.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }

@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use canary_protocol::report::{ReportHeader, StatusClass, VersionStats};
-use canary_protocol::{Report, SyncResponse};
+use canary_protocol::{Report, SplitRng, SyncResponse};
 use serde_json::Value;
 
 const ANALYZER: &str = env!("CARGO_BIN_EXE_canary-analyzer");
@@ -147,20 +147,15 @@ fn http(address: SocketAddr, method: &str, path: &str, body: Option<(&str, &[u8]
     Ok((status, response[split + 4..].to_vec()))
 }
 
-/// SplitMix64: reproducible "random" kill points and counts from a seed.
-struct Rng(u64);
+/// Reproducible "random" kill points and counts from a seed, drawn from the
+/// protocol's SplitMix64.
+trait Below {
+    fn below(&mut self, bound: u64) -> u64;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
+impl Below for SplitRng {
     fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+        self.next_u64() % bound
     }
 }
 
@@ -174,7 +169,7 @@ struct SimWorker {
     acked: [u64; 2],
     /// A report sent but not acknowledged: its body and its requests.
     pending: Option<(Vec<u8>, [u64; 2])>,
-    rng: Rng,
+    rng: SplitRng,
 }
 
 impl SimWorker {
@@ -185,7 +180,7 @@ impl SimWorker {
             next_seq: 1,
             acked: [0; 2],
             pending: None,
-            rng: Rng(index.wrapping_mul(7_919)),
+            rng: SplitRng::new(index.wrapping_mul(7_919)),
         }
     }
 
@@ -274,7 +269,7 @@ fn kill_9_during_writes_keeps_the_old_or_the_new_state_and_resends_make_counts_e
     const WORKERS: u64 = 3;
     let dir = tempfile::tempdir().expect("temp dir");
     let state_dir = dir.path().join("state");
-    let mut rng = Rng(0x5EED);
+    let mut rng = SplitRng::new(0x5EED);
     let mut workers: Vec<SimWorker> = (0..WORKERS).map(SimWorker::new).collect();
     let mut weights = WeightLog::default();
     let mut kills_mid_traffic = 0;
@@ -359,7 +354,7 @@ fn kill_9_during_writes_keeps_the_old_or_the_new_state_and_resends_make_counts_e
             })
             .collect();
         let weight_stop = Arc::clone(&stop);
-        let mut weight_rng = Rng(rng.next());
+        let mut weight_rng = SplitRng::new(rng.next_u64());
         let weight_changer = thread::spawn(move || {
             let mut log = WeightLog::default();
             while !weight_stop.load(Ordering::Relaxed) {

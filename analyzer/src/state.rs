@@ -198,7 +198,7 @@ impl AppState {
             reports: ReportCounters::default(),
             persister: Mutex::new(None),
         });
-        let persister = tokio::spawn(persist_loop(inner.clone(), persister));
+        let persister = spawn_persister(inner.clone(), persister)?;
         *inner.persister.lock().unwrap_or_else(PoisonError::into_inner) = Some(persister);
         let state = AppState { inner };
         let config = &state.inner.config;
@@ -409,10 +409,11 @@ impl AppState {
     pub async fn shutdown(&self) {
         self.begin_shutdown();
         let persister = self.inner.persister.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(persister) = persister
-            && let Err(error) = persister.await
-        {
-            tracing::error!(%error, "state persister failed");
+        if let Some(persister) = persister {
+            let joined = tokio::task::spawn_blocking(move || persister.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("state persister thread panicked");
+            }
         }
     }
 }
@@ -462,7 +463,7 @@ struct Inner {
     shutdown_tx: watch::Sender<bool>,
     weight_change: tokio::sync::Mutex<()>,
     reports: ReportCounters,
-    persister: Mutex<Option<JoinHandle<()>>>,
+    persister: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 struct Core {
@@ -618,17 +619,14 @@ impl Persister {
         }
     }
 
-    /// Creates the next journal generation's file.
-    async fn new_generation(&mut self) -> Result<JournalWriter, String> {
-        let journal_dir = self.journal_dir.clone();
+    /// Creates the next journal generation's file (blocking: the persister
+    /// has its own thread).
+    fn new_generation(&mut self) -> Result<JournalWriter, String> {
         let generation = self.next_generation;
-        let created = tokio::task::spawn_blocking(move || {
-            journal_dir
-                .create(generation)
-                .map_err(|error| format!("{}: {error}", journal_dir.path(generation).display()))
-        })
-        .await
-        .unwrap_or_else(|error| Err(format!("journal writer task failed: {error}")))?;
+        let created = self
+            .journal_dir
+            .create(generation)
+            .map_err(|error| format!("{}: {error}", self.journal_dir.path(generation).display()))?;
         self.next_generation = generation.saturating_add(1);
         Ok(created)
     }
@@ -636,10 +634,10 @@ impl Persister {
     /// One group commit: appends the record of everything changed since the
     /// previous one, then publishes its weights and marks its generation
     /// durable.
-    async fn commit(&mut self, inner: &Inner) -> Result<(), String> {
+    fn commit(&mut self, inner: &Inner) -> Result<(), String> {
         let mut journal = match self.journal.take() {
             Some(journal) => journal,
-            None => self.new_generation().await?,
+            None => self.new_generation()?,
         };
         let (generation, record, changed) = {
             let mut core = inner.lock_core();
@@ -648,13 +646,11 @@ impl Persister {
             (core.generation, record, changed)
         };
         let weights = record.weights;
-        let appended = tokio::task::spawn_blocking(move || {
-            let result = journal.append(&record);
-            (journal, result)
-        })
-        .await;
+        // In place: this thread does nothing else, and a hand-off to a pool
+        // thread and back costs two wake-ups per commit.
+        let appended = journal.append(&record);
         let failure = match appended {
-            Ok((journal, Ok(()))) => {
+            Ok(()) => {
                 let journal_bytes = journal.len_bytes();
                 self.journal = Some(journal);
                 let now = Instant::now();
@@ -666,8 +662,7 @@ impl Persister {
             }
             // The file may now end in a partial record: leave it (a torn
             // tail is discarded at recovery) and start a new generation.
-            Ok((_, Err(error))) => error.to_string(),
-            Err(error) => format!("journal writer task failed: {error}"),
+            Err(error) => error.to_string(),
         };
         // The record never reached disk: its workers go into the next one.
         inner.lock_core().changed_workers.extend(changed);
@@ -682,12 +677,12 @@ impl Persister {
     /// has no record yet), a copy of the state taken at that point, and a
     /// background task that writes it and then deletes the older journal
     /// files. Commits go on meanwhile, into the new generation.
-    async fn start_snapshot(&mut self, inner: &Inner) -> Result<(), String> {
+    fn start_snapshot(&mut self, inner: &Inner) -> Result<(), String> {
         let journal = match self.journal.take() {
             Some(journal) if journal.len_bytes() <= journal::HEADER_BYTES as u64 => journal,
             // The old writer (if any) is closed; its file stays for replay
             // until the snapshot is durable.
-            _ => self.new_generation().await?,
+            _ => self.new_generation()?,
         };
         let generation = journal.generation();
         self.journal = Some(journal);
@@ -734,7 +729,7 @@ impl Persister {
             self.snapshot_finished(outcome);
         }
         if self.snapshot_due()
-            && let Err(error) = self.start_snapshot(inner).await
+            && let Err(error) = self.start_snapshot(inner)
         {
             tracing::error!(%error, "cannot start a snapshot; retrying");
             self.snapshot_at = Some(Instant::now() + PERSIST_RETRY_BACKOFF);
@@ -748,7 +743,7 @@ impl Persister {
         if let Some(task) = self.snapshot_task.take() {
             self.snapshot_finished(task.await);
         }
-        match self.start_snapshot(inner).await {
+        match self.start_snapshot(inner) {
             Ok(()) => {
                 if let Some(task) = self.snapshot_task.take() {
                     self.snapshot_finished(task.await);
@@ -757,6 +752,39 @@ impl Persister {
             Err(error) => {
                 tracing::error!(%error, "cannot write the snapshot at shutdown; the journal holds everything")
             }
+        }
+    }
+}
+
+/// Runs [`persist_loop`] on a thread of its own, with a single-threaded
+/// runtime. On the shared runtime the loop queued behind every ready request
+/// task: under load a commit's wake-up waited up to tens of milliseconds for
+/// a worker, and every report waiting for durability waited with it.
+fn spawn_persister(inner: Arc<Inner>, persister: Persister) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| StoreError::PersisterThread { source })?;
+    // If the caller's runtime ends without `AppState::shutdown` (tests do
+    // that), its tasks are dropped, this guard with them, and the persister
+    // stops instead of outliving it.
+    let guard = ShutdownOnDrop(Arc::downgrade(&inner));
+    tokio::spawn(async move {
+        let _guard = guard;
+        std::future::pending::<()>().await
+    });
+    std::thread::Builder::new()
+        .name("canary-persister".to_owned())
+        .spawn(move || runtime.block_on(persist_loop(inner, persister)))
+        .map_err(|source| StoreError::PersisterThread { source })
+}
+
+struct ShutdownOnDrop(std::sync::Weak<Inner>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.shutdown_tx.send_replace(true);
         }
     }
 }
@@ -779,7 +807,7 @@ async fn persist_loop(inner: Arc<Inner>, mut persister: Persister) {
             if inner.durability.durable_generation() >= requested {
                 break;
             }
-            if let Err(error) = persister.commit(&inner).await {
+            if let Err(error) = persister.commit(&inner) {
                 failures += 1;
                 tracing::error!(%error, failures, "cannot persist the analyzer state; retrying");
                 inner.durability.mark_failed(error);

@@ -69,6 +69,8 @@ pub enum StoreError {
          which may be older: check the canary weight before sending traffic)"
     )]
     WeightsCorrupt { path: PathBuf, message: String },
+    #[error("cannot start the state persister thread: {source}")]
+    PersisterThread { source: std::io::Error },
 }
 
 /// The state directory and its file.

@@ -89,6 +89,14 @@ pub struct RolloutFile {
     pub cursor: Option<CursorDoc>,
 }
 
+#[derive(Serialize)]
+struct RolloutFileRef<'a> {
+    format_version: u32,
+    rollout: Option<&'a Rollout>,
+    analysis: Option<&'a Analysis>,
+    cursor: Option<CursorDoc>,
+}
+
 /// The history file's JSON document.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,7 +232,7 @@ impl Controller {
         let mut core = Core { rollout, analysis, cursor, history };
         restart_evidence_if_lost(&mut core, now_unix_ms);
         Controller {
-            published: ArcSwap::from_pointee(Published::of(&core)),
+            published: ArcSwap::from_pointee(Published::of(&core, None)),
             core: tokio::sync::Mutex::new(core),
             hosts,
             notifier,
@@ -486,17 +494,23 @@ impl Controller {
             }
         }
 
-        let mut history = core.history.clone();
-        let finished = next.rollout.history_entry().filter(|entry| !history.entries.iter().any(|e| e.id == entry.id));
-        if let Some(entry) = finished {
-            record_outcome(&mut history, entry, self.history_limit);
-            let bytes = serde_json::to_vec(&history).map_err(|error| ControlError::NotDurable(error.to_string()))?;
-            self.write(HISTORY_FILE_NAME, bytes).await?;
-        }
-        let file = RolloutFile {
+        let finished =
+            next.rollout.history_entry().filter(|entry| !core.history.entries.iter().any(|e| e.id == entry.id));
+        let history = match finished {
+            Some(entry) => {
+                let mut history = core.history.clone();
+                record_outcome(&mut history, entry, self.history_limit);
+                let bytes =
+                    serde_json::to_vec(&history).map_err(|error| ControlError::NotDurable(error.to_string()))?;
+                self.write(HISTORY_FILE_NAME, bytes).await?;
+                Some(history)
+            }
+            None => None,
+        };
+        let file = RolloutFileRef {
             format_version: ROLLOUT_FORMAT_VERSION,
-            rollout: Some(next.rollout.clone()),
-            analysis: next.analysis.as_ref().and_then(|engine| serde_json::to_value(engine).ok()),
+            rollout: Some(&next.rollout),
+            analysis: next.analysis.as_ref(),
             cursor: Some(next.cursor.to_doc()),
         };
         let bytes = serde_json::to_vec(&file).map_err(|error| ControlError::NotDurable(error.to_string()))?;
@@ -505,7 +519,10 @@ impl Controller {
         core.rollout = Some(next.rollout);
         core.analysis = next.analysis;
         core.cursor = next.cursor;
-        core.history = history;
+        let history_changed = history.is_some();
+        if let Some(history) = history {
+            core.history = history;
+        }
 
         let weight_change = match weight_bp.map(|bp| CanaryWeight::from_bp(u64::from(bp))) {
             Some(Ok(weight)) => app.set_canary_weight(weight).await.map(Some).map_err(|error| {
@@ -519,7 +536,7 @@ impl Controller {
         };
         // Published after the weight, so that a reader who sees the new
         // phase also sees its weight in force.
-        self.publish(core);
+        self.publish(core, history_changed);
         for notification in notifications {
             self.notifier.notify(notification);
         }
@@ -540,17 +557,18 @@ impl Controller {
         }
     }
 
-    fn publish(&self, core: &Core) {
-        self.published.store(Arc::new(Published::of(core)));
+    fn publish(&self, core: &Core, history_changed: bool) {
+        let unchanged_history = (!history_changed).then(|| self.published.load().history.clone());
+        self.published.store(Arc::new(Published::of(core, unchanged_history)));
     }
 }
 
 impl Published {
-    fn of(core: &Core) -> Published {
+    fn of(core: &Core, history_entries: Option<Arc<Vec<HistoryEntry>>>) -> Published {
         let history = &core.history;
         Published {
             rollout: core.rollout.clone(),
-            history: Arc::new(history.entries.clone()),
+            history: history_entries.unwrap_or_else(|| Arc::new(history.entries.clone())),
             completed_total: [history.promoted_total, history.rolled_back_total, history.failed_total],
         }
     }

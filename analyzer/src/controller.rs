@@ -41,7 +41,7 @@ use serde_json::Value;
 use crate::aggregate::VersionCounts;
 use crate::analysis::{Analysis, AnalysisSettings, ArmTick, Assessment, Gates, Guards, HostHealth, Tick, Verdict};
 use crate::hosts::HostHealthCell;
-use crate::metrics::{CurrentRollout, RolloutMetrics};
+use crate::metrics::{CurrentRollout, EValue, RolloutKpiTotals, RolloutMetrics};
 use crate::notify::Notifier;
 use crate::rollout::{
     Action, AnalysisConfig, Command, HistoryEntry, Input, Observation, ObservedVerdict, Phase, Rollout, RolloutSpec,
@@ -89,6 +89,8 @@ pub struct RolloutFile {
     pub cursor: Option<CursorDoc>,
 }
 
+/// [`RolloutFile`] by reference, for writing on every tick: the engine goes
+/// straight to bytes, not through a `Value` tree and a copy of the rollout.
 #[derive(Serialize)]
 struct RolloutFileRef<'a> {
     format_version: u32,
@@ -109,6 +111,10 @@ pub struct HistoryFile {
     pub failed_total: u64,
     /// Newest first.
     pub entries: Vec<HistoryEntry>,
+    /// Running duration totals behind the KPI metrics; missing in files
+    /// written before they existed, and then rebuilt from `entries`.
+    #[serde(default)]
+    pub kpi: Option<RolloutKpiTotals>,
 }
 
 /// What the state directory holds for the controller, read at startup.
@@ -129,6 +135,9 @@ impl Loaded {
         let history: Option<HistoryFile> = read_json(&dir.join(HISTORY_FILE_NAME))?;
         let mut history =
             history.unwrap_or(HistoryFile { format_version: ROLLOUT_FORMAT_VERSION, ..Default::default() });
+        if history.kpi.is_none() {
+            history.kpi = Some(RolloutKpiTotals::from_entries(&history.entries));
+        }
         let (rollout, analysis, cursor) = match rollout_file {
             Some(file) => (file.rollout, file.analysis, file.cursor),
             None => (None, None, None),
@@ -194,6 +203,7 @@ struct Published {
     rollout: Option<Rollout>,
     history: Arc<Vec<HistoryEntry>>,
     completed_total: [u64; 3],
+    kpi: RolloutKpiTotals,
 }
 
 /// See the module docs.
@@ -256,32 +266,19 @@ impl Controller {
     /// The rollout part of `/metrics`; lock-free.
     pub fn metrics(&self, now_unix_ms: u64) -> RolloutMetrics {
         let published = self.published.load();
-        let current = published.rollout.as_ref().map(|rollout| CurrentRollout {
-            name: rollout.spec.name.clone(),
-            phase: rollout.phase,
-            step_index: rollout.step_index,
-            step_elapsed_seconds: rollout
-                .ended_at_unix_ms
-                .unwrap_or(now_unix_ms)
-                .saturating_sub(rollout.step_started_at_unix_ms) as f64
-                / 1_000.0,
-        });
-        let active = published.rollout.as_ref().is_some_and(Rollout::is_active);
+        let rollout = published.rollout.as_ref();
+        let active = rollout.is_some_and(Rollout::is_active);
         let [promoted, rolled_back, failed] = published.completed_total;
-        let assessment = published.rollout.as_ref().and_then(|rollout| rollout.last_observation.as_ref());
-        let e_value =
-            |pointer: &str| assessment.and_then(|observation| observation.assessment.pointer(pointer)?.as_f64());
-        let e_values = [("error_rate", "/evidence/error_test/e_value"), ("latency", "/evidence/latency_test/e_value")]
-            .into_iter()
-            .filter_map(|(test, pointer)| e_value(pointer).map(|value| (test, value)))
-            .collect();
+        let assessment = rollout.and_then(|rollout| rollout.last_observation.as_ref());
         RolloutMetrics {
-            current,
+            current: rollout.map(|rollout| CurrentRollout::of(rollout, now_unix_ms)),
             started_total: promoted + rolled_back + failed + u64::from(active),
             completed_total: vec![("Promoted", promoted), ("RolledBack", rolled_back), ("Failed", failed)],
-            e_values,
+            e_values: assessment.map(|observation| EValue::of_assessment(&observation.assessment)).unwrap_or_default(),
             notifications: self.notifier.counters().snapshot(),
             canary_hosts: self.hosts.current(now_unix_ms),
+            kpi: published.kpi,
+            history: published.history.clone(),
         }
     }
 
@@ -494,6 +491,9 @@ impl Controller {
             }
         }
 
+        // The history is copied only when a rollout finishes: this runs on
+        // every tick, and copying it each time churned the allocator enough
+        // to grow the analyzer's memory in long soaks.
         let finished =
             next.rollout.history_entry().filter(|entry| !core.history.entries.iter().any(|e| e.id == entry.id));
         let history = match finished {
@@ -558,18 +558,22 @@ impl Controller {
     }
 
     fn publish(&self, core: &Core, history_changed: bool) {
+        // Unchanged entries are shared rather than copied on every tick.
         let unchanged_history = (!history_changed).then(|| self.published.load().history.clone());
         self.published.store(Arc::new(Published::of(core, unchanged_history)));
     }
 }
 
 impl Published {
+    /// `history_entries`: the entries already published, when `core`'s are the
+    /// same.
     fn of(core: &Core, history_entries: Option<Arc<Vec<HistoryEntry>>>) -> Published {
         let history = &core.history;
         Published {
             rollout: core.rollout.clone(),
             history: history_entries.unwrap_or_else(|| Arc::new(history.entries.clone())),
             completed_total: [history.promoted_total, history.rolled_back_total, history.failed_total],
+            kpi: history.kpi.unwrap_or_default(),
         }
     }
 }
@@ -587,6 +591,7 @@ fn record_outcome(history: &mut HistoryFile, entry: HistoryEntry, limit: usize) 
         Phase::RolledBack => history.rolled_back_total += 1,
         _ => history.failed_total += 1,
     }
+    history.kpi.get_or_insert_with(Default::default).record(&entry);
     history.entries.insert(0, entry);
     history.entries.truncate(limit);
 }

@@ -11,21 +11,41 @@
 //! 1/128 of their value wide, so a request counted under `le="x"` took at
 //! most `x · (1 + 1/128)`: the edges are exact to within 0.8%. `_sum` is
 //! estimated from bucket midpoints, within the same 0.8%.
+//!
+//! The rollout KPIs are summaries over finished rollouts:
+//! `canary_rollout_duration_seconds{outcome}` and
+//! `canary_rollout_time_to_rollback_seconds`. Their `_sum` and `_count` come
+//! from running totals kept in the history file ([`RolloutKpiTotals`]), so
+//! they only grow; their quantiles come from the retained history entries.
+//! Rates (success, rollback) are left to PromQL over the counters, where any
+//! window can be chosen; `envoy-config/grafana/` and
+//! `envoy-config/prometheus/` hold the dashboard and alert rules built on
+//! these names.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use std::sync::Arc;
 
 use canary_protocol::latency::bucket_bounds;
 use canary_protocol::{StatusCounts, Version};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::aggregate::{Aggregate, VersionCounts, WeightsRecord};
 use crate::notify::NotifySnapshot;
-use crate::rollout::{HostCounts, Phase};
+use crate::rollout::{HistoryEntry, HostCounts, Phase, Rollout, Strategy};
 
 /// `le` edges of `canary_request_duration_seconds`.
 pub const DURATION_EDGES_SECONDS: [f64; 13] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Finished rollouts' outcomes, in the order of the `outcome` label values.
+pub const OUTCOMES: [Phase; 3] = [Phase::Promoted, Phase::RolledBack, Phase::Failed];
+
+/// Quantiles of the rollout summaries.
+pub const SUMMARY_QUANTILES: [f64; 3] = [0.5, 0.9, 0.99];
 
 /// Why a sync request was refused, as the `reason` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,18 +136,146 @@ pub struct RolloutMetrics {
     pub started_total: u64,
     /// `(outcome, count)` for `Promoted`, `RolledBack`, `Failed`.
     pub completed_total: Vec<(&'static str, u64)>,
-    /// `(test, e-value)` of the latest assessment.
-    pub e_values: Vec<(&'static str, f64)>,
+    /// The sequential tests of the latest assessment.
+    pub e_values: Vec<EValue>,
     pub notifications: NotifySnapshot,
     pub canary_hosts: Option<HostCounts>,
+    /// Running totals over every finished rollout: the summaries' `_sum`
+    /// and `_count`.
+    pub kpi: RolloutKpiTotals,
+    /// The retained history, newest first: the summaries' quantiles.
+    pub history: Arc<Vec<HistoryEntry>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CurrentRollout {
     pub name: String,
+    pub id: String,
+    pub canary_version: String,
+    /// Empty when the spec names none.
+    pub stable_version: String,
+    pub strategy: Strategy,
     pub phase: Phase,
     pub step_index: usize,
+    pub step_count: usize,
+    /// From the start to the end, or to now while it runs.
+    pub elapsed_seconds: f64,
     pub step_elapsed_seconds: f64,
+}
+
+impl CurrentRollout {
+    pub fn of(rollout: &Rollout, now_unix_ms: u64) -> CurrentRollout {
+        let end_unix_ms = rollout.ended_at_unix_ms.unwrap_or(now_unix_ms);
+        let seconds_since = |start_unix_ms: u64| end_unix_ms.saturating_sub(start_unix_ms) as f64 / 1_000.0;
+        CurrentRollout {
+            name: rollout.spec.name.clone(),
+            id: rollout.id.clone(),
+            canary_version: rollout.spec.canary_version.clone(),
+            stable_version: rollout.spec.stable_version.clone().unwrap_or_default(),
+            strategy: rollout.spec.strategy,
+            phase: rollout.phase,
+            step_index: rollout.step_index,
+            step_count: rollout.spec.steps.len(),
+            elapsed_seconds: seconds_since(rollout.started_at_unix_ms),
+            step_elapsed_seconds: seconds_since(rollout.step_started_at_unix_ms),
+        }
+    }
+}
+
+/// One sequential test of the engine's latest assessment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EValue {
+    /// `error_rate` or `latency`.
+    pub test: &'static str,
+    pub e_value: f64,
+    /// 1/α of the test: the rollout rolls back when `e_value` reaches it.
+    pub threshold: f64,
+}
+
+impl EValue {
+    /// The tests present in an assessment (as the engine serializes it); a
+    /// test turned off in the spec has no evidence and is left out.
+    pub fn of_assessment(assessment: &Value) -> Vec<EValue> {
+        [("error_rate", "/evidence/error_test"), ("latency", "/evidence/latency_test")]
+            .into_iter()
+            .filter_map(|(test, pointer)| {
+                let evidence = assessment.pointer(pointer)?;
+                let e_value = evidence.get("e_value")?.as_f64()?;
+                let threshold = evidence.get("threshold")?.as_f64()?;
+                Some(EValue { test, e_value, threshold })
+            })
+            .collect()
+    }
+}
+
+/// Running totals of finished rollouts' durations, kept in the history file
+/// next to the outcome counters. The history's entries are capped
+/// (`history_limit`), so sums over them would shrink when an old entry is
+/// dropped; these only grow, as Prometheus expects of a summary's `_sum`
+/// and `_count`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutKpiTotals {
+    /// Start to end, by outcome.
+    pub promoted_duration: DurationTotal,
+    pub rolled_back_duration: DurationTotal,
+    pub failed_duration: DurationTotal,
+    /// Rolled-back rollouts: from the start of the step in which the
+    /// rollback was decided (the canary's exposure at the weight that went
+    /// bad; for a gradual rollback, the start of the ramp) to the decision
+    /// that put the canary at 0%. This is the brief's time to recovery as
+    /// the history can tell it; the weight then reaches the filters within
+    /// their sync interval.
+    pub time_to_rollback: DurationTotal,
+}
+
+/// A count and a sum of durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationTotal {
+    pub count: u64,
+    pub sum_ms: u64,
+}
+
+impl DurationTotal {
+    fn add(&mut self, duration_ms: u64) {
+        self.count = self.count.saturating_add(1);
+        self.sum_ms = self.sum_ms.saturating_add(duration_ms);
+    }
+}
+
+impl RolloutKpiTotals {
+    /// Totals over the entries a history file kept, for a file written
+    /// before the totals existed (older rollouts dropped by the cap are
+    /// not in them).
+    pub fn from_entries(entries: &[HistoryEntry]) -> RolloutKpiTotals {
+        let mut totals = RolloutKpiTotals::default();
+        for entry in entries {
+            totals.record(entry);
+        }
+        totals
+    }
+
+    /// Adds one finished rollout. Anything but `Promoted` and `RolledBack`
+    /// counts as `Failed`, as the history's outcome counters do.
+    pub fn record(&mut self, entry: &HistoryEntry) {
+        match entry.outcome {
+            Phase::Promoted => self.promoted_duration.add(entry.duration_ms),
+            Phase::RolledBack => {
+                self.rolled_back_duration.add(entry.duration_ms);
+                self.time_to_rollback.add(entry.time_to_decision_ms);
+            }
+            _ => self.failed_duration.add(entry.duration_ms),
+        }
+    }
+
+    fn duration(&self, outcome: Phase) -> DurationTotal {
+        match outcome {
+            Phase::Promoted => self.promoted_duration,
+            Phase::RolledBack => self.rolled_back_duration,
+            _ => self.failed_duration,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,36 +356,12 @@ fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
     families
 }
 
-/// Rollout, analysis, notification and host families. A family with no
-/// samples is left out, since the text format cannot encode it.
+/// Rollout, analysis, KPI, notification and host families. A family with
+/// no samples is left out, since the text format cannot encode it.
 fn rollout_families(rollout: &RolloutMetrics) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     if let Some(current) = &rollout.current {
-        let phases = Phase::ALL
-            .iter()
-            .map(|phase| {
-                let value = if *phase == current.phase { 1.0 } else { 0.0 };
-                gauge(&[("rollout", &current.name), ("phase", phase.as_str())], value)
-            })
-            .collect();
-        families.push(family(
-            "canary_rollout_phase",
-            "1 for the current rollout's phase, 0 for the others.",
-            MetricType::GAUGE,
-            phases,
-        ));
-        families.push(family(
-            "canary_rollout_step",
-            "Index of the current rollout's step in its spec.",
-            MetricType::GAUGE,
-            vec![gauge(&[("rollout", &current.name)], current.step_index as f64)],
-        ));
-        families.push(family(
-            "canary_rollout_step_elapsed_seconds",
-            "Time spent in the current step.",
-            MetricType::GAUGE,
-            vec![gauge(&[("rollout", &current.name)], current.step_elapsed_seconds)],
-        ));
+        families.extend(current_rollout_families(current, &rollout.e_values));
     }
     families.push(family(
         "canary_rollouts_started_total",
@@ -258,15 +382,7 @@ fn rollout_families(rollout: &RolloutMetrics) -> Vec<MetricFamily> {
             completed,
         ));
     }
-    if !rollout.e_values.is_empty() {
-        let e_values = rollout.e_values.iter().map(|(test, value)| gauge(&[("test", test)], *value)).collect();
-        families.push(family(
-            "canary_analysis_e_value",
-            "Latest e-value of each sequential test (rollback at 1/alpha of the test).",
-            MetricType::GAUGE,
-            e_values,
-        ));
-    }
+    families.extend(kpi_families(&rollout.kpi, &rollout.history));
     if !rollout.notifications.is_empty() {
         let sent = rollout
             .notifications
@@ -308,6 +424,115 @@ fn rollout_families(rollout: &RolloutMetrics) -> Vec<MetricFamily> {
         ));
     }
     families
+}
+
+/// The current (or last) rollout's gauges, all labelled `rollout`.
+fn current_rollout_families(current: &CurrentRollout, e_values: &[EValue]) -> Vec<MetricFamily> {
+    let rollout = ("rollout", current.name.as_str());
+    let phases = Phase::ALL
+        .iter()
+        .map(|phase| {
+            let value = if *phase == current.phase { 1.0 } else { 0.0 };
+            gauge(&[rollout, ("phase", phase.as_str())], value)
+        })
+        .collect();
+    let info = [
+        rollout,
+        ("id", current.id.as_str()),
+        ("canary_version", current.canary_version.as_str()),
+        ("stable_version", current.stable_version.as_str()),
+        ("strategy", current.strategy.as_str()),
+    ];
+    let mut families = vec![
+        family(
+            "canary_rollout_info",
+            "The current (or last) rollout: its id, versions and strategy; always 1.",
+            MetricType::GAUGE,
+            vec![gauge(&info, 1.0)],
+        ),
+        family(
+            "canary_rollout_phase",
+            "1 for the current rollout's phase, 0 for the others.",
+            MetricType::GAUGE,
+            phases,
+        ),
+        family(
+            "canary_rollout_step_index",
+            "Index of the current step in the rollout's spec (equal to the step count once all are done).",
+            MetricType::GAUGE,
+            vec![gauge(&[rollout], current.step_index as f64)],
+        ),
+        family(
+            "canary_rollout_step_count",
+            "Number of steps in the rollout's spec.",
+            MetricType::GAUGE,
+            vec![gauge(&[rollout], current.step_count as f64)],
+        ),
+        family(
+            "canary_rollout_elapsed_seconds",
+            "Time since the rollout started (to its end once it is finished).",
+            MetricType::GAUGE,
+            vec![gauge(&[rollout], current.elapsed_seconds)],
+        ),
+        family(
+            "canary_rollout_step_elapsed_seconds",
+            "Time spent in the current step.",
+            MetricType::GAUGE,
+            vec![gauge(&[rollout], current.step_elapsed_seconds)],
+        ),
+    ];
+    if !e_values.is_empty() {
+        let per_test = |value: &dyn Fn(&EValue) -> f64| {
+            e_values.iter().map(|e_value| gauge(&[rollout, ("test", e_value.test)], value(e_value))).collect()
+        };
+        families.push(family(
+            "canary_analysis_e_value",
+            "Latest e-value of each sequential test.",
+            MetricType::GAUGE,
+            per_test(&|e_value| e_value.e_value),
+        ));
+        families.push(family(
+            "canary_analysis_e_value_threshold",
+            "E-value at which each test rolls the rollout back (1/alpha of the test).",
+            MetricType::GAUGE,
+            per_test(&|e_value| e_value.threshold),
+        ));
+    }
+    families
+}
+
+/// The KPI summaries: `_sum` and `_count` from the persisted totals (they
+/// only grow), quantiles over the retained history (a sliding window, as a
+/// Prometheus summary's quantiles are).
+fn kpi_families(kpi: &RolloutKpiTotals, history: &[HistoryEntry]) -> Vec<MetricFamily> {
+    let durations = OUTCOMES
+        .iter()
+        .map(|&outcome| {
+            let recent_ms: Vec<u64> =
+                history.iter().filter(|entry| entry.outcome == outcome).map(|entry| entry.duration_ms).collect();
+            summary(&[("outcome", outcome.as_str())], kpi.duration(outcome), recent_ms)
+        })
+        .collect();
+    let recent_rollback_ms = history
+        .iter()
+        .filter(|entry| entry.outcome == Phase::RolledBack)
+        .map(|entry| entry.time_to_decision_ms)
+        .collect();
+    vec![
+        family(
+            "canary_rollout_duration_seconds",
+            "Finished rollouts from start to end, by outcome; quantiles over the retained history.",
+            MetricType::SUMMARY,
+            durations,
+        ),
+        family(
+            "canary_rollout_time_to_rollback_seconds",
+            "Rolled-back rollouts, from the start of the deciding step (or of a gradual ramp) to the canary at 0%; \
+             quantiles over the retained history.",
+            MetricType::SUMMARY,
+            vec![summary(&[], kpi.time_to_rollback, recent_rollback_ms)],
+        ),
+    ]
 }
 
 fn traffic_families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
@@ -435,6 +660,32 @@ fn gauge(pairs: &[(&str, &str)], value: f64) -> proto::Metric {
     metric
 }
 
+/// A summary with the nearest-rank quantiles of `recent_ms` (none when it
+/// is empty: a quantile of nothing is not a number worth plotting).
+fn summary(pairs: &[(&str, &str)], total: DurationTotal, mut recent_ms: Vec<u64>) -> proto::Metric {
+    recent_ms.sort_unstable();
+    let quantiles = match recent_ms.len() {
+        0 => Vec::new(),
+        len => SUMMARY_QUANTILES
+            .iter()
+            .map(|&q| {
+                let rank = ((q * len as f64).ceil() as usize).clamp(1, len);
+                let mut quantile = proto::Quantile::default();
+                quantile.set_quantile(q);
+                quantile.set_value(recent_ms[rank - 1] as f64 / 1_000.0);
+                quantile
+            })
+            .collect(),
+    };
+    let mut summary = proto::Summary::default();
+    summary.set_sample_count(total.count);
+    summary.set_sample_sum(total.sum_ms as f64 / 1_000.0);
+    summary.set_quantile(quantiles);
+    let mut metric = proto::Metric::from_label(labels(pairs));
+    metric.set_summary(summary);
+    metric
+}
+
 fn duration_histogram(version: Version, metrics: &VersionMetrics) -> proto::Metric {
     let buckets = DURATION_EDGES_SECONDS
         .iter()
@@ -456,88 +707,5 @@ fn duration_histogram(version: Version, metrics: &VersionMetrics) -> proto::Metr
 }
 
 #[cfg(test)]
-mod tests {
-    use canary_protocol::{CanaryWeight, Report, ReportHeader, StatusClass, VersionStats};
-
-    use super::*;
-    use crate::aggregate::AggregateSettings;
-
-    const T0_MS: u64 = 1_764_130_000_000;
-
-    fn scrape() -> String {
-        let settings = AggregateSettings { window_seconds: 60, worker_stale_after_ms: 5_000 };
-        let mut aggregate = Aggregate::new(settings, T0_MS);
-        aggregate.change_weight(CanaryWeight::from_bp(2_500).expect("valid"), T0_MS);
-        let mut canary = VersionStats::default();
-        // (latency, class): one under each of the first edges, one past the last.
-        for (latency_us, class) in [
-            (500, StatusClass::Success),
-            (1_000, StatusClass::Success),
-            (2_000, StatusClass::ServerError),
-            (60_000, StatusClass::NoResponse),
-            (30_000_000, StatusClass::ClientError),
-        ] {
-            canary.record(class, latency_us);
-        }
-        let header = ReportHeader {
-            proxy_id: "envoy".into(),
-            worker_id: 1,
-            seq: 1,
-            weights_version: 2,
-            counts_weights_version: 2,
-            max_hold_ms: 0,
-        };
-        aggregate.ingest(&Report { header, versions: [VersionStats::default().to_delta(), canary.to_delta()] }, T0_MS);
-        let counters = ReportCounters::default();
-        counters.count_received(false);
-        counters.count_received(true);
-        counters.count_rejected(RejectReason::Malformed);
-        let snapshot = MetricsSnapshot::capture(&aggregate, aggregate.weights(), counters.snapshot(), T0_MS);
-        render(&snapshot)
-    }
-
-    #[test]
-    fn scrape_has_the_conventional_names_and_values() {
-        let text = scrape();
-        let expected_lines = [
-            "# TYPE canary_requests_total counter",
-            "canary_requests_total{version=\"stable\"} 0",
-            "canary_requests_total{version=\"canary\"} 5",
-            "canary_request_errors_total{version=\"canary\"} 2",
-            "canary_responses_total{version=\"canary\",class=\"2xx\"} 2",
-            "canary_responses_total{version=\"canary\",class=\"4xx\"} 1",
-            "canary_responses_total{version=\"canary\",class=\"no_response\"} 1",
-            "# TYPE canary_request_duration_seconds histogram",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"0.001\"} 2",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"0.0025\"} 3",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"0.05\"} 3",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"0.1\"} 4",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"10\"} 4",
-            "canary_request_duration_seconds_bucket{version=\"canary\",le=\"+Inf\"} 5",
-            "canary_request_duration_seconds_count{version=\"canary\"} 5",
-            "canary_weight_ratio 0.25",
-            "canary_weights_version 2",
-            "canary_reports_received_total 2",
-            "canary_reports_duplicate_total 1",
-            "canary_reports_rejected_total{reason=\"malformed\"} 1",
-            "canary_reports_rejected_total{reason=\"unauthorized\"} 0",
-            "canary_live_workers 1",
-            "canary_converged_workers 1",
-        ];
-        for line in expected_lines {
-            assert!(text.lines().any(|got| got == line), "missing {line:?} in\n{text}");
-        }
-    }
-
-    #[test]
-    fn duration_sum_is_within_the_documented_error() {
-        let text = scrape();
-        let sum: f64 = text
-            .lines()
-            .find_map(|line| line.strip_prefix("canary_request_duration_seconds_sum{version=\"canary\"} "))
-            .and_then(|value| value.parse().ok())
-            .expect("a canary sum");
-        let exact = (500 + 1_000 + 2_000 + 60_000 + 30_000_000) as f64 / 1e6;
-        assert!((sum - exact).abs() <= exact / 128.0, "{sum} vs {exact}");
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

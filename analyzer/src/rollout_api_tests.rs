@@ -533,7 +533,7 @@ async fn a_healthy_canary_is_promoted_by_the_engine_step_by_step() {
     assert_eq!(promotions.len(), 2, "{view:#}");
     let (_, metrics) = harness.request("GET", "/metrics", &[], "").await;
     let metrics = metrics.as_str().unwrap_or_default();
-    assert!(metrics.contains("canary_analysis_e_value{test=\"error_rate\"}"), "{metrics}");
+    assert!(metrics.contains("canary_analysis_e_value{rollout=\"fast\",test=\"error_rate\"}"), "{metrics}");
     assert!(metrics.contains("canary_rollout_phase{rollout=\"fast\",phase=\"Promoted\"} 1"), "{metrics}");
     assert!(
         promotions

@@ -12,6 +12,7 @@ mod config;
 mod conservation;
 mod control;
 mod faults;
+mod observability;
 // `override` is a reserved word; the module keeps the file's name readable.
 #[path = "override.rs"]
 mod override_header;

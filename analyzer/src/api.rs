@@ -62,11 +62,14 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/rollouts/history", get(rollouts::history))
         .route("/v1/assignment", get(rollouts::assignment))
         .route("/metrics", get(get_metrics))
+        .route("/v1/series", get(crate::series::get_series))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_read));
     Router::new()
         .route("/v1/filter/sync", post(filter_sync))
         // Liveness probes carry no token.
         .route("/healthz", get(|| async { "ok" }))
+        // The dashboard's page and assets hold no data: open, like /healthz.
+        .merge(crate::dashboard::routes(Router::new()))
         .merge(sre)
         .merge(read)
         // Set last, so it reaches every route: a wrong method is a JSON 405.

@@ -39,6 +39,9 @@
 //!   their non-blocking, retrying delivery.
 //! - [`hosts`]: canary host health from Envoy's admin `/clusters`.
 //! - [`http_client`]: outbound HTTP(S) with deadlines and size caps.
+//! - [`dashboard`]: the web dashboard at `/`, assets compiled in.
+//! - [`series`]: the dashboard's 15-minute per-version time series
+//!   (`GET /v1/series`), sampled from the totals; the ring is pure.
 
 pub mod aggregate;
 pub mod analysis;
@@ -46,12 +49,14 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod controller;
+pub mod dashboard;
 pub mod hosts;
 pub mod http_client;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
 pub mod rollout;
+pub mod series;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -197,6 +197,7 @@ impl AppState {
             weight_change: tokio::sync::Mutex::new(()),
             reports: ReportCounters::default(),
             persister: Mutex::new(None),
+            series: crate::series::SeriesCell::default(),
         });
         let persister = spawn_persister(inner.clone(), persister)?;
         *inner.persister.lock().unwrap_or_else(PoisonError::into_inner) = Some(persister);
@@ -211,6 +212,7 @@ impl AppState {
                 state.inner.shutdown_tx.subscribe(),
             ));
         }
+        tokio::spawn(crate::series::sample(state.clone(), state.inner.shutdown_tx.subscribe()));
         tokio::spawn(controller::drive(
             state.clone(),
             Duration::from_millis(config.rollout_tick_ms.max(1)),
@@ -389,6 +391,27 @@ impl AppState {
         self.inner.lock_core().aggregate.rollout_view(&published, unix_now_ms())
     }
 
+    /// The dashboard's series of samples.
+    pub fn series(&self) -> &crate::series::SeriesCell {
+        &self.inner.series
+    }
+
+    /// Cumulative per-version totals and the data plane's convergence on the
+    /// published weights: what the series sampler reads.
+    pub fn series_reading(&self, now_unix_ms: u64) -> crate::series::Reading {
+        let published = self.weights().weights;
+        let core = self.inner.lock_core();
+        let convergence = core.aggregate.convergence(published.weights_version, now_unix_ms);
+        crate::series::Reading {
+            at_unix_ms: now_unix_ms,
+            weights_version: published.weights_version,
+            canary_weight_bp: published.canary_weight.bp(),
+            totals: core.aggregate.totals().clone(),
+            live_workers: convergence.workers_total,
+            converged_workers: convergence.workers_confirmed,
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render_metrics(&self) -> String {
         let published = self.weights();
@@ -464,6 +487,8 @@ struct Inner {
     weight_change: tokio::sync::Mutex<()>,
     reports: ReportCounters,
     persister: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The dashboard's last 15 minutes, filled by `series::sample`.
+    series: crate::series::SeriesCell,
 }
 
 struct Core {

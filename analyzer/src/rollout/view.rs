@@ -33,6 +33,9 @@ pub struct RolloutView {
     pub step: Option<StepView>,
     pub step_started_at_unix_ms: u64,
     pub step_elapsed_ms: u64,
+    /// The weight of the next `setWeight` step after the current one, for
+    /// "next: increase to 25%"; `null` when none is left.
+    pub next_weight_percent: Option<f64>,
     /// The weight the rollout holds the data plane at.
     pub weight_percent: f64,
     pub weight_bp: u16,
@@ -118,6 +121,10 @@ impl Rollout {
             step: self.current_step().map(StepView::from),
             step_started_at_unix_ms: self.step_started_at_unix_ms,
             step_elapsed_ms: end.saturating_sub(self.step_started_at_unix_ms),
+            next_weight_percent: self.spec.steps.iter().skip(self.step_index + 1).find_map(|step| match step {
+                Step::SetWeight { weight_bp } => Some(f64::from(*weight_bp) / 100.0),
+                _ => None,
+            }),
             weight_percent: f64::from(self.weight_bp) / 100.0,
             weight_bp: self.weight_bp,
             started_at_unix_ms: self.started_at_unix_ms,

@@ -11,6 +11,7 @@ mod backend;
 mod config;
 mod conservation;
 mod control;
+mod dashboard;
 mod faults;
 mod observability;
 // `override` is a reserved word; the module keeps the file's name readable.

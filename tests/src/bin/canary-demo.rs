@@ -157,9 +157,11 @@ async fn run(args: &Args, started: Instant) -> anyhow::Result<()> {
     }
     let stack = builder.start().await?;
     println!(
-        "  envoy listener http://{}   envoy admin http://{}   analyzer http://{}",
+        "  envoy listener http://{}   envoy admin http://{}   analyzer http://{}\n  web dashboard: open http://{}/ \
+         in a browser (`--step-seconds 60` leaves time to watch)",
         stack.listener(),
         stack.admin(),
+        stack.analyzer_address(),
         stack.analyzer_address()
     );
     println!(

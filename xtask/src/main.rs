@@ -57,12 +57,14 @@ commands:
                run the cargo-fuzz targets (report_decode, weights_decode, filter_config, rollout_spec,
                histogram; default all) for N seconds each (default 10) on nightly, installing cargo-fuzz
                if missing; prints executions per target (fuzz/README.md)
-  oci [--tag VERSION]
+  oci [--tag VERSION] [--update-manifests]
                build the filter and write it as an OCI image (Istio's compat variant, no Docker) to
                target/oci/canary-filter/ and target/oci/canary-filter.tar; prints the image digest, the
-               module sha256 and the push commands (envoy-config/istio/OCI.md)
-  k8s-validate install kubectl, kubernetes-validate and Istio's CRD schemas, then render every overlay
-               of envoy-config/istio/ and validate it (envoy-config/istio/README.md)
+               module sha256 and the push commands (envoy-config/istio/OCI.md); --update-manifests
+               writes the image digest into envoy-config/istio/base/wasmplugin.yaml (spec.sha256)
+  k8s-validate install kubectl, kubernetes-validate and Istio's CRD schemas, check that the WasmPlugin's
+               sha256 is the digest of the filter's image, then render every overlay of
+               envoy-config/istio/ and validate it (envoy-config/istio/README.md)
   envoy-path   print the path of the Envoy binary (installing it if needed)
 
 environment:

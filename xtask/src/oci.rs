@@ -62,15 +62,19 @@ pub struct Image {
     pub module_digest: String,
 }
 
-/// `cargo xtask oci [--tag VERSION]`.
+/// The WasmPlugin whose `spec.sha256` pins the image, relative to the
+/// workspace root. The overlays inherit `url` and `sha256` from it.
+pub const WASMPLUGIN_MANIFEST: &str = "envoy-config/istio/base/wasmplugin.yaml";
+
+/// `cargo xtask oci [--tag VERSION] [--update-manifests]`.
 pub fn oci(paths: &Paths, args: &[String]) -> Result<()> {
-    let tag = parse_tag(args)?;
+    let args = OciArgs::parse(args)?;
     // Only the release module; `tasks::build_filter` would also build the
     // test-only panicking variant, which no image carries.
-    cmd::run(tasks::cargo(paths).args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"]))?;
+    cmd::run(&mut tasks::release_filter_build(paths))?;
     let wasm = paths.filter_wasm();
     let module = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
-    let image = build_image(&module, &tag)?;
+    let image = build_image(&module, &args.tag)?;
     let module_digest = digest::sha256_file(&wasm)?;
     ensure!(module_digest == image.module_digest, "{} changed while it was packaged", wasm.display());
 
@@ -84,23 +88,119 @@ pub fn oci(paths: &Paths, args: &[String]) -> Result<()> {
     eprintln!("OCI layout tarball: {}", tarball.display());
     println!("image digest: sha256:{}", image.manifest_digest);
     println!("module sha256: {}", image.module_digest);
-    eprint!("{}", push_help(&layout, &tarball, &tag, &image));
+    if args.update_manifests {
+        let manifest = paths.root.join(WASMPLUGIN_MANIFEST);
+        let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+        let updated = with_wasmplugin_sha256(&text, &image.manifest_digest)
+            .with_context(|| format!("updating {WASMPLUGIN_MANIFEST}"))?;
+        if updated != text {
+            std::fs::write(&manifest, updated).with_context(|| format!("writing {}", manifest.display()))?;
+            eprintln!("{WASMPLUGIN_MANIFEST}: spec.sha256 set to {}", image.manifest_digest);
+        } else {
+            eprintln!("{WASMPLUGIN_MANIFEST}: spec.sha256 was already {}", image.manifest_digest);
+        }
+    }
+    eprint!("{}", push_help(&layout, &tarball, &args.tag, &image));
     Ok(())
 }
 
-/// The tag from `--tag VERSION`, else the workspace version.
-fn parse_tag(args: &[String]) -> Result<String> {
-    let tag = match args {
-        [] => env!("CARGO_PKG_VERSION").to_owned(),
-        [flag, tag] if flag == "--tag" => tag.clone(),
-        _ => bail!("usage: cargo xtask oci [--tag VERSION], got `{}`", args.join(" ")),
-    };
-    // The OCI distribution spec's tag grammar: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}.
-    let valid = tag.len() <= 128
-        && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    ensure!(valid, "--tag `{tag}` is not a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})");
-    Ok(tag)
+/// The hex image digest (what a WasmPlugin's `sha256` must be for an
+/// `oci://` URL) of the compat-variant image of `module`. The tag lives
+/// only in the layout's `index.json`, never in the manifest, so the digest
+/// depends on the module alone.
+pub fn image_digest(module: &[u8]) -> Result<String> {
+    Ok(build_image(module, "digest")?.manifest_digest)
+}
+
+/// Errors unless the WasmPlugin in `wasmplugin_text` pins the image of
+/// `module`, naming the file, both digests and the command that fixes it.
+pub fn check_wasmplugin(wasmplugin_text: &str, module: &[u8]) -> Result<()> {
+    let pinned = wasmplugin_sha256(wasmplugin_text).with_context(|| format!("reading {WASMPLUGIN_MANIFEST}"))?;
+    let built = image_digest(module)?;
+    ensure!(
+        pinned == built,
+        "{WASMPLUGIN_MANIFEST}: spec.sha256 is {pinned}, but the OCI image of the filter built from this tree has \
+         digest {built}; Istio would refuse to load it: run `cargo xtask oci --update-manifests`"
+    );
+    Ok(())
+}
+
+/// Checks the repository's WasmPlugin against the release module built at
+/// `wasm` (`cargo xtask k8s-validate` and the xtask test suite).
+pub fn check_manifests(paths: &Paths, wasm: &Path) -> Result<()> {
+    let module = std::fs::read(wasm)
+        .with_context(|| format!("reading {} (build it with `cargo xtask build` first)", wasm.display()))?;
+    let manifest = paths.root.join(WASMPLUGIN_MANIFEST);
+    let text = std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    check_wasmplugin(&text, &module)
+}
+
+/// The one `  sha256: <hex>` line of the WasmPlugin's spec. A line-level
+/// edit keeps the file's comments, which a YAML round trip would drop; the
+/// manifests test checks the rendered objects with a real YAML parser.
+fn sha256_line(text: &str) -> Result<(usize, &str)> {
+    let mut found = text.lines().enumerate().filter_map(|(number, line)| {
+        line.strip_prefix(SHA256_KEY).map(|value| (number, value.split('#').next().unwrap_or("").trim()))
+    });
+    let Some(first) = found.next() else { bail!("no `{}` line", SHA256_KEY.trim()) };
+    ensure!(found.next().is_none(), "more than one `{}` line", SHA256_KEY.trim());
+    Ok(first)
+}
+
+/// Two spaces: the key sits directly under `spec:`.
+const SHA256_KEY: &str = "  sha256: ";
+
+fn wasmplugin_sha256(text: &str) -> Result<String> {
+    let (_, value) = sha256_line(text)?;
+    let value = value.trim_matches('"');
+    ensure!(
+        value.len() == 64 && value.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')),
+        "spec.sha256 `{value}` is not 64 lowercase hex digits"
+    );
+    Ok(value.to_owned())
+}
+
+/// `text` with spec.sha256 replaced by `digest`, everything else untouched.
+fn with_wasmplugin_sha256(text: &str, digest: &str) -> Result<String> {
+    let (line_number, _) = sha256_line(text)?;
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[line_number] = format!("{SHA256_KEY}{digest}");
+    let mut updated = lines.join("\n");
+    if text.ends_with('\n') {
+        updated.push('\n');
+    }
+    Ok(updated)
+}
+
+/// The arguments of `cargo xtask oci`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OciArgs {
+    /// From `--tag VERSION`, else the workspace version.
+    tag: String,
+    /// `--update-manifests`: write the image digest into [`WASMPLUGIN_MANIFEST`].
+    update_manifests: bool,
+}
+
+impl OciArgs {
+    fn parse(args: &[String]) -> Result<OciArgs> {
+        let usage = || format!("usage: cargo xtask oci [--tag VERSION] [--update-manifests], got `{}`", args.join(" "));
+        let mut parsed = OciArgs { tag: env!("CARGO_PKG_VERSION").to_owned(), update_manifests: false };
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--tag" => parsed.tag = rest.next().ok_or_else(|| anyhow::anyhow!(usage()))?.clone(),
+                "--update-manifests" => parsed.update_manifests = true,
+                _ => bail!(usage()),
+            }
+        }
+        let tag = &parsed.tag;
+        // The OCI distribution spec's tag grammar: [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}.
+        let valid = tag.len() <= 128
+            && tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        ensure!(valid, "--tag `{tag}` is not a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{{0,127}})");
+        Ok(parsed)
+    }
 }
 
 /// Builds the compat-variant image of `module`, tagged `tag` in the index.

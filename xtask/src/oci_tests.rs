@@ -203,18 +203,80 @@ fn the_built_filter_packages_reproducibly() {
 fn bad_input_is_refused_with_a_reason() {
     let err = build_image(b"not wasm", "v1").unwrap_err().to_string();
     assert!(err.contains("wasm magic"), "{err}");
-    let check = |args: &[&str], expected: Result<&str, &str>| {
+    let check = |args: &[&str], expected: Result<(&str, bool), &str>| {
         let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
-        match (parse_tag(&args), expected) {
-            (Ok(tag), Ok(want)) => assert_eq!(tag, want),
+        match (OciArgs::parse(&args), expected) {
+            (Ok(got), Ok((tag, update_manifests))) => {
+                assert_eq!(got, OciArgs { tag: tag.to_owned(), update_manifests }, "{args:?}")
+            }
             (Err(err), Err(want)) => assert!(err.to_string().contains(want), "{err}"),
             (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
         }
     };
-    check(&[], Ok(env!("CARGO_PKG_VERSION")));
-    check(&["--tag", "1.4.0-rc.1"], Ok("1.4.0-rc.1"));
+    check(&[], Ok((env!("CARGO_PKG_VERSION"), false)));
+    check(&["--tag", "1.4.0-rc.1"], Ok(("1.4.0-rc.1", false)));
+    check(&["--update-manifests"], Ok((env!("CARGO_PKG_VERSION"), true)));
+    check(&["--update-manifests", "--tag", "2.0.0"], Ok(("2.0.0", true)));
+    check(&["--tag", "2.0.0", "--update-manifests"], Ok(("2.0.0", true)));
     check(&["--tag", "-bad"], Err("not a valid OCI tag"));
     check(&["--tag", "a/b"], Err("not a valid OCI tag"));
     check(&["--tag"], Err("usage: cargo xtask oci"));
     check(&["--push"], Err("usage: cargo xtask oci"));
+}
+
+const WASMPLUGIN: &str = "\
+# comment: sha256: is the image digest
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+spec:
+  url: oci://r/canary-filter:0.1.0
+  sha256: 0000000000000000000000000000000000000000000000000000000000000000
+  pluginConfig:
+    sticky:
+      header: x-user-id
+";
+
+#[test]
+fn the_wasmplugin_sha256_is_rewritten_in_place_and_checked() {
+    let module = module(7, 10_000);
+    let digest = image_digest(&module).unwrap();
+    assert_eq!(digest, build_image(&module, "any-tag").unwrap().manifest_digest);
+    let stale = check_wasmplugin(WASMPLUGIN, &module).unwrap_err().to_string();
+    assert!(stale.contains("run `cargo xtask oci --update-manifests`"), "{stale}");
+    assert!(stale.contains(&digest) && stale.contains(WASMPLUGIN_MANIFEST), "{stale}");
+
+    let updated = with_wasmplugin_sha256(WASMPLUGIN, &digest).unwrap();
+    assert_eq!(updated, WASMPLUGIN.replace(&"0".repeat(64), &digest), "only the sha256 line changes");
+    check_wasmplugin(&updated, &module).unwrap();
+    assert_eq!(with_wasmplugin_sha256(&updated, &digest).unwrap(), updated);
+
+    let refuse = |text: &str, want: &str| {
+        let err = format!("{:#}", check_wasmplugin(text, &module).unwrap_err());
+        assert!(err.contains(want), "{err}");
+    };
+    refuse("spec:\n  url: oci://r/x:1\n", "no `sha256:` line");
+    refuse(&format!("{updated}  sha256: {digest}\n"), "more than one `sha256:` line");
+    refuse(&WASMPLUGIN.replace(&"0".repeat(64), &digest.to_uppercase()), "not 64 lowercase hex digits");
+    refuse(&WASMPLUGIN.replace(&"0".repeat(64), &format!("sha256:{digest}")), "not 64 lowercase hex digits");
+}
+
+/// The staleness check: the WasmPlugin in the repository must pin the
+/// image of the release filter built from this tree. CI's host test step
+/// sets CANARY_FILTER_WASM after building it, so there the module must
+/// exist; a local `cargo test -p xtask` before any build skips (and
+/// `cargo xtask k8s-validate` builds and checks regardless).
+#[test]
+fn the_repository_wasmplugin_pins_the_image_of_the_built_filter() {
+    let paths = Paths::discover();
+    let wasm = match std::env::var_os(crate::tasks::CANARY_FILTER_WASM) {
+        Some(wasm) => PathBuf::from(wasm),
+        None if paths.filter_wasm().is_file() => paths.filter_wasm(),
+        None => {
+            eprintln!("skipping: {} is not built", paths.filter_wasm().display());
+            return;
+        }
+    };
+    if let Err(error) = check_manifests(&paths, &wasm) {
+        panic!("{error:#}");
+    }
 }

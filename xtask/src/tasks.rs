@@ -25,7 +25,7 @@ pub fn build(paths: &Paths) -> Result<()> {
 
 /// The filter as Envoy loads it: release profile (LTO, `panic = "abort"`).
 pub fn build_filter(paths: &Paths) -> Result<()> {
-    cmd::run(cargo(paths).args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"]))?;
+    cmd::run(&mut release_filter_build(paths))?;
     let wasm = paths.filter_wasm();
     let bytes =
         std::fs::metadata(&wasm).with_context(|| format!("the build did not produce {}", wasm.display()))?.len();
@@ -37,8 +37,48 @@ pub fn build_filter(paths: &Paths) -> Result<()> {
         cargo(paths)
             .args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"])
             .args(["--features", "test-panic", "--target-dir"])
-            .arg(&panic_target),
+            .arg(&panic_target)
+            .args(reproducible_wasm_flags(cargo_home().as_deref())),
     )
+}
+
+/// `cargo build` of the release filter, with its bytes independent of the
+/// machine: the WasmPlugin pins the OCI image digest of this module
+/// (`cargo xtask oci --update-manifests`), so CI and every developer must
+/// build the same bytes from the same tree.
+///
+/// Panic locations embed source paths. Workspace crates' paths are already
+/// relative and the standard library's are `/rustc/<commit>/…`, but
+/// dependencies are compiled from `$CARGO_HOME/registry/src/…`, an absolute
+/// path that differs between machines and users. Remapping CARGO_HOME to
+/// `/cargo` removes it. Cargo's `trim-paths`, which would do this in the
+/// profile, is still unstable; `--config` rather than RUSTFLAGS so a path
+/// with spaces survives. (An explicit RUSTFLAGS replaces these flags.)
+pub fn release_filter_build(paths: &Paths) -> Command {
+    let mut command = cargo(paths);
+    command.args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"]);
+    command.args(reproducible_wasm_flags(cargo_home().as_deref()));
+    command
+}
+
+/// `--config` arguments that remap `cargo_home` out of the wasm target's paths.
+fn reproducible_wasm_flags(cargo_home: Option<&Path>) -> Vec<String> {
+    match cargo_home {
+        // A TOML basic string: the Debug form of a str escapes `"` and `\` alike.
+        Some(home) => vec![
+            "--config".to_owned(),
+            format!("target.wasm32-wasip1.rustflags=[{:?}]", format!("--remap-path-prefix={}=/cargo", home.display())),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// Cargo's own rule: `$CARGO_HOME`, else `$HOME/.cargo`.
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
 }
 
 /// Where the `test-panic` filter build lives.
@@ -244,6 +284,15 @@ mod tests {
         check("test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out", Some(0));
         check("test tests::passes ... ok", None);
         check("running 2 tests", None);
+    }
+
+    #[test]
+    fn the_wasm_build_remaps_cargo_home() {
+        assert_eq!(
+            reproducible_wasm_flags(Some(Path::new("/home/a \"b\"/.cargo"))),
+            ["--config", r#"target.wasm32-wasip1.rustflags=["--remap-path-prefix=/home/a \"b\"/.cargo=/cargo"]"#]
+        );
+        assert!(reproducible_wasm_flags(None).is_empty());
     }
 
     #[test]

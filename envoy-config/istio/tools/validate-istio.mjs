@@ -17,6 +17,7 @@ const MODELS = {
   "networking.istio.io/v1/Gateway": "networking.istio.io/v1/Gateway.js",
   "networking.istio.io/v1/Sidecar": "networking.istio.io/v1/Sidecar.js",
   "networking.istio.io/v1/ServiceEntry": "networking.istio.io/v1/ServiceEntry.js",
+  "networking.istio.io/v1alpha3/EnvoyFilter": "networking.istio.io/v1alpha3/EnvoyFilter.js",
 };
 
 const [modulesDir, ...inputs] = process.argv.slice(2);

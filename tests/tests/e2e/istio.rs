@@ -69,8 +69,8 @@ async fn istio_shaped_envoy_splits_by_weight_and_routes_by_the_virtual_service()
     assert!(analyzer_calls.is_some_and(|calls| calls > 0), "sync calls via the analyzer cluster: {analyzer_calls:?}");
 
     // At weight 0 a client cannot pick canary by sending the header the
-    // VirtualService matches: the filter overwrites it (istiod adds no
-    // header stripping, so this is the only guard).
+    // VirtualService matches: the EnvoyFilter's early header mutation
+    // removes it and the filter writes its own.
     let report = stack.load(Load::requests(500).header("x-canary-version", "canary")).await;
     assert_all_answered(&report, &[200]);
     assert_eq!(report.served_by("stable"), 500, "{:?}", report.served_by);
@@ -162,4 +162,60 @@ async fn plugin_config_only_works_as_json_in_a_string_value() {
     assert_eq!(report.served_by("stable"), 500, "{:?}", report.served_by);
     let rollout = stack.rollout().await.expect("rollout");
     assert_eq!(rollout["data_plane"]["live_workers"], 0, "a misconfigured filter synced: {rollout}");
+}
+
+/// The filter absent: the istio-agent could not pull the image, and under
+/// `failStrategy: FAIL_OPEN` it replaced the wasm filter with an allow-all
+/// RBAC filter. Nothing writes the route header then, so without the
+/// EnvoyFilter a client's `x-canary-version: canary` matches the
+/// VirtualService's canary route (shown first); with it, the header is
+/// removed before routing and every request reaches stable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_filter_absent_a_client_sent_route_header_reaches_stable() {
+    async fn start(renderer: canary_tests::stack::BootstrapRenderer) -> Stack {
+        super::stack()
+            .bootstrap_renderer(renderer)
+            .filter_config(istio::plugin_config(FILTER_TOKEN))
+            .skip_sync_wait()
+            .start()
+            .await
+            .expect("Envoy serves with the fallback RBAC filter in the WasmPlugin's slot")
+    }
+    let client_picks_canary = || Load::requests(300).header("x-canary-version", "canary");
+
+    // Without the guard: the client picks canary.
+    let unguarded = start(istio::render_istio_bootstrap_pull_failed_unguarded).await;
+    let report = unguarded.load(client_picks_canary()).await;
+    assert_all_answered(&report, &[200]);
+    assert_eq!(
+        report.served_by("canary"),
+        300,
+        "the unguarded mesh routes on the client's header: {:?}",
+        report.served_by
+    );
+    drop(unguarded);
+
+    let stack = start(istio::render_istio_bootstrap_pull_failed).await;
+    let dump = http::get_json(stack.admin(), "/config_dump").await.expect("config_dump");
+    let slot = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|config| config["@type"] == "type.googleapis.com/envoy.admin.v3.EcdsConfigDump")
+        .flat_map(|config| config["ecds_filters"].as_array().cloned().unwrap_or_default())
+        .find(|filter| filter["ecds_filter"]["name"] == istio::filter_resource_name().as_str())
+        .expect("the WasmPlugin's ECDS slot in config_dump");
+    assert_eq!(
+        slot["ecds_filter"]["typed_config"]["@type"], "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "{slot}"
+    );
+    let report = stack.load(client_picks_canary()).await;
+    assert_all_answered(&report, &[200]);
+    assert_eq!(report.served_by("stable"), 300, "{:?}", report.served_by);
+    let stats = envoy_stats(&stack).await.expect("stats");
+    assert_eq!(cluster_stat(&stats, &istio::canary_cluster(), "upstream_rq_total"), Some(0), "canary subset cluster");
+    assert_eq!(cluster_stat(&stats, &istio::stable_cluster(), "upstream_rq_total"), Some(300), "stable subset cluster");
+    // No filter VM exists to report.
+    let rollout = stack.rollout().await.expect("rollout");
+    assert_eq!(rollout["data_plane"]["live_workers"], 0, "{rollout}");
 }

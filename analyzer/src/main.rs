@@ -10,6 +10,14 @@ use canary_analyzer::{AppState, Cli, Config, tls};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc malloc: with glibc, the analyzer's resident
+/// memory kept rising for 15 minutes in a soak without restarts (23.8 →
+/// 26.7 MiB) while heaptrack showed a flat live heap of under 4 MiB: freed
+/// memory stayed in glibc's per-thread arenas. jemalloc returns it (its
+/// dirty pages decay back to the system) and stayed flat.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

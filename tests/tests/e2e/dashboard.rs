@@ -148,6 +148,21 @@ async fn drive(stack: &Stack, browser: &mut Browser) -> anyhow::Result<()> {
     assert_eq!(last["actor"], "dashboard", "{last}");
     assert!(last["reason"].as_str().is_some_and(|reason| reason.contains("dashboard e2e")), "{last}");
 
+    // Evidence in plain words, from this rollout's real assessment: the page
+    // renders every decision's evidence with the same function.
+    let assessment = &view["rollout"]["analysis"];
+    assert!(assessment["evidence"].is_object(), "no assessment with evidence: {}", describe_rollout(&view));
+    let words = browser.evaluate(&format!("evidenceText({assessment})")).await?;
+    let words = words.as_str().unwrap_or_default();
+    assert!(
+        words.starts_with("canary error rate ")
+            && words.contains("% vs stable ")
+            && words.contains(", e-value ")
+            && words.ends_with(" canary requests"),
+        "evidence in words: {words:?} from {assessment}"
+    );
+    eprintln!("evidence in words: {words}");
+
     // The page follows, and is kept as the test's artifact.
     browser
         .wait_for(

@@ -114,23 +114,7 @@ pub fn render_bootstrap_shaped(params: &BootstrapParams, shape: BootstrapShape) 
             canary_percent = canary_percent.min(100),
         ),
     };
-    let cluster = |name: &str, address: SocketAddr, connect_timeout: &str| {
-        format!(
-            r#"  - name: {name}
-    type: STATIC
-    connect_timeout: {connect_timeout}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: {ip}, port_value: {port} }}
-"#,
-            ip = address.ip(),
-            port = address.port(),
-        )
-    };
+    let cluster = static_cluster_yaml;
     format!(
         r#"# Rendered by the canary-tests harness.
 node:
@@ -416,6 +400,26 @@ pub fn prometheus_value(text: &str, name_suffix: &str) -> Option<f64> {
     found
 }
 
+/// One static cluster of a rendered bootstrap, as a YAML list item. The
+/// name is quoted: Istio-style names (`outbound|PORT|SUBSET|HOST`) carry `|`.
+pub fn static_cluster_yaml(name: &str, address: SocketAddr, connect_timeout: &str) -> String {
+    format!(
+        r#"  - name: {name}
+    type: STATIC
+    connect_timeout: {connect_timeout}
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {port} }}
+"#,
+        name = serde_json::Value::String(name.to_owned()),
+        ip = address.ip(),
+        port = address.port(),
+    )
+}
 #[cfg(test)]
 mod tests {
     use super::*;

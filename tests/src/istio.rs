@@ -235,25 +235,8 @@ resources:
 /// The sidecar's outbound HTTP listener for port 8080 with the route table of
 /// the VirtualService and the clusters of the DestinationRule subsets.
 fn render_bootstrap(params: &BootstrapParams, ecds_path: &Path, guard: ClientHeaderGuard) -> String {
-    let cluster = |name: &str, address: SocketAddr| {
-        format!(
-            r#"  - name: {name}
-    type: STATIC
-    # istiod's default connect timeout (MeshConfig.connectTimeout).
-    connect_timeout: 10s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: {ip}, port_value: {port} }}
-"#,
-            name = quote(name),
-            ip = address.ip(),
-            port = address.port(),
-        )
-    };
+    // istiod's default connect timeout (MeshConfig.connectTimeout).
+    let cluster = |name: &str, address: SocketAddr| crate::envoy::static_cluster_yaml(name, address, "10s");
     // Istio's outbound routes: retries on connect failures and 503s, no
     // route timeout (pilot/pkg/networking/core/route/retry/retry.go
     // DefaultPolicy, pilot/pkg/networking/core/route/route.go translateRoute).

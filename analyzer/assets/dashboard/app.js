@@ -279,6 +279,16 @@ function evidenceText(assessment) {
   return parts.join(", ");
 }
 
+/// The "Evidence: …" line under a decision, or null when it has none.
+function evidenceElement(decision, tagName) {
+  const evidence = evidenceText(decision.evidence);
+  if (!evidence) return null;
+  const detail = document.createElement(tagName);
+  detail.className = "evidence";
+  detail.textContent = "Evidence: " + evidence;
+  return detail;
+}
+
 function renderLatestDecision(rollout) {
   const element = $("latest-decision");
   const decision = rollout && rollout.decisions.length ? rollout.decisions[rollout.decisions.length - 1] : null;
@@ -288,13 +298,8 @@ function renderLatestDecision(rollout) {
     return;
   }
   element.append(clock(decision.at_unix_ms) + " · " + decision.action.replace(/_/g, " ") + " by " + decision.actor + ": " + decision.reason);
-  const evidence = evidenceText(decision.evidence);
-  if (evidence) {
-    const detail = document.createElement("span");
-    detail.className = "evidence";
-    detail.textContent = "Evidence: " + evidence;
-    element.appendChild(detail);
-  }
+  const detail = evidenceElement(decision, "span");
+  if (detail) element.appendChild(detail);
 }
 
 function renderDecisions(rollout) {
@@ -323,13 +328,8 @@ function renderDecisions(rollout) {
     reason.textContent = decision.reason;
     line.append(when, action, actor, reason);
     item.appendChild(line);
-    const evidence = evidenceText(decision.evidence);
-    if (evidence) {
-      const detail = document.createElement("div");
-      detail.className = "evidence";
-      detail.textContent = "Evidence: " + evidence;
-      item.appendChild(detail);
-    }
+    const detail = evidenceElement(decision, "div");
+    if (detail) item.appendChild(detail);
     list.appendChild(item);
   }
   if (!decisions.length) {

@@ -63,6 +63,7 @@ use canary_protocol::{CanaryWeight, LatencyHistogram, SparseLatency, StatusCount
 
 use crate::aggregate::{Aggregate, DurableParts, VersionCounts, WeightsRecord, WorkerKey, WorkerState};
 use crate::store::write_atomically;
+use crate::weights_file::crc32;
 
 /// File names: `journal.<generation>.bin`.
 const FILE_PREFIX: &str = "journal.";
@@ -88,8 +89,8 @@ const MAX_PAYLOAD_BYTES: usize = 1 << 30;
 #[derive(Debug, Clone)]
 pub struct CommitRecord {
     pub weights: WeightsRecord,
-    pub totals: [VersionCounts; 2],
-    pub since_weights_change: [VersionCounts; 2],
+    pub totals: [RecordCounts; 2],
+    pub since_weights_change: [RecordCounts; 2],
     /// Workers whose state changed since the previous commit, with their
     /// state now.
     pub workers: Vec<(WorkerKey, WorkerState)>,
@@ -102,13 +103,38 @@ impl CommitRecord {
     pub fn capture<'a>(aggregate: &Aggregate, changed: impl IntoIterator<Item = &'a WorkerKey>) -> CommitRecord {
         CommitRecord {
             weights: aggregate.weights(),
-            totals: aggregate.totals().clone(),
-            since_weights_change: aggregate.since_weights_change().clone(),
+            totals: aggregate.totals().each_ref().map(RecordCounts::from),
+            since_weights_change: aggregate.since_weights_change().each_ref().map(RecordCounts::from),
             workers: changed
                 .into_iter()
                 .filter_map(|key| aggregate.worker(key).map(|worker| (key.clone(), *worker)))
                 .collect(),
         }
+    }
+}
+
+/// One version's counts as a record holds them: the latency histogram as its
+/// non-zero buckets. A commit captures these under the aggregate's lock, so
+/// it copies the few buckets in use rather than four dense histograms of
+/// [`BUCKET_COUNT`] counters each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    pub requests: u64,
+    pub status: StatusCounts,
+    pub latency_us: SparseLatency,
+}
+
+impl From<&VersionCounts> for RecordCounts {
+    fn from(counts: &VersionCounts) -> Self {
+        RecordCounts { requests: counts.requests, status: counts.status, latency_us: counts.latency_us.to_sparse() }
+    }
+}
+
+impl From<RecordCounts> for VersionCounts {
+    fn from(counts: RecordCounts) -> Self {
+        let mut latency_us = LatencyHistogram::new();
+        latency_us.merge_sparse(&counts.latency_us);
+        VersionCounts { requests: counts.requests, status: counts.status, latency_us }
     }
 }
 
@@ -148,8 +174,8 @@ impl ReplayState {
     /// Applies one record: the counters are absolute, the workers upserted.
     pub fn apply(&mut self, record: CommitRecord) {
         self.weights = record.weights;
-        self.totals = record.totals;
-        self.since_weights_change = record.since_weights_change;
+        self.totals = record.totals.map(VersionCounts::from);
+        self.since_weights_change = record.since_weights_change.map(VersionCounts::from);
         self.workers.extend(record.workers);
     }
 }
@@ -225,7 +251,7 @@ fn put_worker(out: &mut Vec<u8>, worker: &WorkerState) {
     put_u64(out, worker.last_seen_unix_ms);
 }
 
-fn put_counts(out: &mut Vec<u8>, counts: &VersionCounts) {
+fn put_counts(out: &mut Vec<u8>, counts: &RecordCounts) {
     let status = counts.status;
     for value in [
         counts.requests,
@@ -240,7 +266,7 @@ fn put_counts(out: &mut Vec<u8>, counts: &VersionCounts) {
     let count_at = out.len();
     put_u32(out, 0);
     let mut buckets = 0u32;
-    for (index, count) in counts.latency_us.nonzero_buckets() {
+    for &(index, count) in &counts.latency_us.buckets {
         put_u32(out, index);
         put_u64(out, count);
         buckets += 1;
@@ -384,7 +410,7 @@ impl<'a> Reader<'a> {
         Ok(WorkerState { last_seq: self.u64()?, applied_weights_version: self.u64()?, last_seen_unix_ms: self.u64()? })
     }
 
-    fn counts(&mut self) -> Result<VersionCounts, String> {
+    fn counts(&mut self) -> Result<RecordCounts, String> {
         let requests = self.u64()?;
         let status = StatusCounts {
             status_2xx: self.u64()?,
@@ -407,9 +433,7 @@ impl<'a> Reader<'a> {
             }
             buckets.push((index, count));
         }
-        let mut latency_us = LatencyHistogram::new();
-        latency_us.merge_sparse(&SparseLatency { buckets });
-        Ok(VersionCounts { requests, status, latency_us })
+        Ok(RecordCounts { requests, status, latency_us: SparseLatency { buckets } })
     }
 }
 
@@ -480,31 +504,6 @@ pub fn plan_replay(snapshot_generation: Option<u64>, present: &[u64]) -> Result<
         return Err(format!("journal generation {} is missing (between {} and {})", pair[0] + 1, pair[0], pair[1]));
     }
     Ok(wanted)
-}
-
-/// CRC-32 (IEEE, as the weights file's), table-driven: records run to
-/// megabytes at a large fleet's first commit.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut index = 0;
-        while index < 256 {
-            let mut crc = index as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-                bit += 1;
-            }
-            table[index] = crc;
-            index += 1;
-        }
-        table
-    };
-    let mut crc = u32::MAX;
-    for &byte in bytes {
-        crc = TABLE[((crc ^ u32::from(byte)) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    !crc
 }
 
 /// The journal files of a state directory.

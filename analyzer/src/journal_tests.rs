@@ -236,13 +236,6 @@ fn replay_plans_start_at_the_snapshot_and_refuse_gaps() {
 }
 
 #[test]
-fn crc32_matches_the_weights_file_checksum() {
-    let bytes: Vec<u8> = (0..=255u8).cycle().take(1_000).collect();
-    assert_eq!(crc32(&bytes), crate::weights_file::crc32(&bytes));
-    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-}
-
-#[test]
 fn files_are_created_appended_listed_and_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal_dir = JournalDir::new(dir.path());

@@ -176,19 +176,10 @@ pub fn new_file_image(record: &WeightsRecord) -> Vec<u8> {
     image
 }
 
-/// CRC-32 (IEEE 802.3, as zlib and `cksum -a crc32b`), bitwise: the records
-/// are 28 bytes, so a table would buy nothing worth its code.
+/// CRC-32 (IEEE 802.3, as zlib and `cksum -a crc32b`), the checksum of the
+/// weights file's records and of the journal's.
 pub fn crc32(bytes: &[u8]) -> u32 {
-    const POLYNOMIAL_REVERSED: u32 = 0xEDB8_8320;
-    let mut crc = u32::MAX;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (POLYNOMIAL_REVERSED & mask);
-        }
-    }
-    !crc
+    crc32fast::hash(bytes)
 }
 
 /// The open weights file. Blocking; one writer at a time (the caller

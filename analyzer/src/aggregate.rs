@@ -70,6 +70,13 @@ pub struct WorkerKey {
     pub worker_id: u64,
 }
 
+impl WorkerKey {
+    /// The key of the worker that sent `report`.
+    pub fn of(report: &Report) -> WorkerKey {
+        WorkerKey { proxy_id: report.header.proxy_id.clone(), worker_id: report.header.worker_id }
+    }
+}
+
 /// What the analyzer remembers about one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerState {
@@ -210,10 +217,16 @@ impl Aggregate {
 
     /// Folds one decoded report in (see the module docs for the rules).
     pub fn ingest(&mut self, report: &Report, now_unix_ms: u64) -> IngestOutcome {
+        self.ingest_from(&WorkerKey::of(report), report, now_unix_ms)
+    }
+
+    /// [`Aggregate::ingest`] with the sender's key already built (it must be
+    /// [`WorkerKey::of`] the report): the caller keeps it, and the key is
+    /// cloned only for a worker seen for the first time.
+    pub fn ingest_from(&mut self, key: &WorkerKey, report: &Report, now_unix_ms: u64) -> IngestOutcome {
         self.prune(now_unix_ms);
         let header = &report.header;
-        let key = WorkerKey { proxy_id: header.proxy_id.clone(), worker_id: header.worker_id };
-        let (duplicate, applied_version_changed) = match self.workers.get_mut(&key) {
+        let (duplicate, applied_version_changed) = match self.workers.get_mut(key) {
             Some(worker) => {
                 let duplicate = header.seq <= worker.last_seq;
                 let changed = worker.applied_weights_version != header.weights_version;
@@ -230,7 +243,7 @@ impl Aggregate {
                     applied_weights_version: header.weights_version,
                     last_seen_unix_ms: now_unix_ms,
                 };
-                self.workers.insert(key, worker);
+                self.workers.insert(key.clone(), worker);
                 (false, true)
             }
         };

@@ -23,7 +23,6 @@
 //! - The lock around the aggregate is a `std` mutex held for microseconds
 //!   and never across an `.await`.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -188,7 +187,7 @@ impl AppState {
             config,
             store,
             weights_file: Arc::new(Mutex::new(weights_file)),
-            core: Mutex::new(Core { aggregate, generation: 0, changed_workers: HashSet::new() }),
+            core: Mutex::new(Core { aggregate, generation: 0, changed_workers: Vec::new() }),
             published: ArcSwap::from_pointee(weights),
             weights_version_tx: watch::Sender::new(weights.weights.weights_version),
             applied_tx: watch::Sender::new(0),
@@ -263,10 +262,10 @@ impl AppState {
     pub fn ingest(&self, report: &Report) -> (IngestOutcome, u64) {
         let now_unix_ms = unix_now_ms();
         let (outcome, generation) = {
+            let key = WorkerKey::of(report);
             let mut core = self.inner.lock_core();
-            let outcome = core.aggregate.ingest(report, now_unix_ms);
-            let key = WorkerKey { proxy_id: report.header.proxy_id.clone(), worker_id: report.header.worker_id };
-            core.changed_workers.insert(key);
+            let outcome = core.aggregate.ingest_from(&key, report, now_unix_ms);
+            core.changed_workers.push(key);
             core.generation += 1;
             (outcome, core.generation)
         };
@@ -496,8 +495,11 @@ struct Core {
     /// Incremented by every change that must reach disk.
     generation: u64,
     /// Workers whose entry changed since the last journal record: what the
-    /// next record carries besides the (small) counters.
-    changed_workers: HashSet<WorkerKey>,
+    /// next record carries besides the (small) counters. A list rather than
+    /// a set, so that a report pays a push rather than a hash of its key;
+    /// the commit sorts and dedupes it (a worker rarely has two reports in
+    /// one batch: its filter waits for each acknowledgement).
+    changed_workers: Vec<WorkerKey>,
 }
 
 impl Inner {
@@ -666,7 +668,9 @@ impl Persister {
         };
         let (generation, record, changed) = {
             let mut core = inner.lock_core();
-            let changed = std::mem::take(&mut core.changed_workers);
+            let mut changed = std::mem::take(&mut core.changed_workers);
+            changed.sort_unstable();
+            changed.dedup();
             let record = CommitRecord::capture(&core.aggregate, &changed);
             (core.generation, record, changed)
         };
@@ -690,7 +694,13 @@ impl Persister {
             Err(error) => error.to_string(),
         };
         // The record never reached disk: its workers go into the next one.
-        inner.lock_core().changed_workers.extend(changed);
+        // Deduped again, so that during a long outage of the disk the list
+        // stays near the worker table's size instead of growing by a key
+        // per report.
+        let mut core = inner.lock_core();
+        core.changed_workers.extend(changed);
+        core.changed_workers.sort_unstable();
+        core.changed_workers.dedup();
         Err(failure)
     }
 

@@ -24,15 +24,17 @@
 //! generation`, so one fsync acknowledges every change that came in while the
 //! previous one was being written.
 
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use canary_protocol::latency::BUCKET_COUNT;
 use canary_protocol::{CanaryWeight, LatencyHistogram, SparseLatency, StatusCounts, Weights};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::aggregate::{Aggregate, DurableParts, VersionCounts, WeightsRecord, WorkerKey, WorkerState};
 
@@ -337,11 +339,58 @@ pub struct NotDurable {
     pub last_error: Option<String>,
 }
 
-/// The two generation counters of group commit.
+/// The two generation counters of group commit, and the callers waiting
+/// for the durable one to reach theirs.
+///
+/// Waiters are kept by generation and each is woken once, when a commit
+/// covers it. A broadcast (a `watch` on the durable generation) woke every
+/// waiter on every commit, and under load most of them were waiting for the
+/// commit after: each such task was polled through the HTTP stack for
+/// nothing, which cost more CPU than the commit itself.
 #[derive(Debug)]
 pub struct Durability {
     requested_tx: watch::Sender<u64>,
-    durable_tx: watch::Sender<DurableStatus>,
+    durable: Mutex<DurableState>,
+}
+
+#[derive(Debug, Default)]
+struct DurableState {
+    status: DurableStatus,
+    /// Lowest generation first.
+    waiters: BinaryHeap<Waiter>,
+    /// Waiters left after the last sweep of abandoned ones.
+    waiters_after_sweep: usize,
+}
+
+/// Below this many waiters, abandoned ones (timed out, or their connection
+/// gone) are left for their commit to drop.
+const WAITERS_SWEEP_FLOOR: usize = 4_096;
+
+#[derive(Debug)]
+struct Waiter {
+    generation: u64,
+    durable_tx: oneshot::Sender<()>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        self.generation == other.generation
+    }
+}
+
+impl Eq for Waiter {}
+
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Waiter {
+    /// Reversed, so that the max-heap holds the lowest generation on top.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.generation.cmp(&self.generation)
+    }
 }
 
 impl Durability {
@@ -349,8 +398,17 @@ impl Durability {
     pub fn new(generation: u64) -> Durability {
         Durability {
             requested_tx: watch::Sender::new(generation),
-            durable_tx: watch::Sender::new(DurableStatus { generation, last_error: None }),
+            durable: Mutex::new(DurableState {
+                status: DurableStatus { generation, last_error: None },
+                ..DurableState::default()
+            }),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DurableState> {
+        // Every update under this lock is a single assignment or a heap
+        // operation, so a panic elsewhere cannot leave it half done.
+        self.durable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks the persister to write at least `generation`.
@@ -370,34 +428,63 @@ impl Durability {
     }
 
     pub fn durable_generation(&self) -> u64 {
-        self.durable_tx.borrow().generation
+        self.lock().status.generation
     }
 
-    /// Called by the persister once `generation` is on disk.
+    /// Called by the persister once `generation` is on disk: wakes the
+    /// waiters it covers, and only those.
     pub fn mark_durable(&self, generation: u64) {
-        self.durable_tx.send_modify(|status| {
-            status.generation = status.generation.max(generation);
-            status.last_error = None;
-        });
+        let mut state = self.lock();
+        state.status.generation = state.status.generation.max(generation);
+        state.status.last_error = None;
+        let durable = state.status.generation;
+        while state.waiters.peek().is_some_and(|waiter| waiter.generation <= durable) {
+            if let Some(waiter) = state.waiters.pop() {
+                // A waiter that gave up has dropped its receiver: nothing to do.
+                let _ = waiter.durable_tx.send(());
+            }
+        }
     }
 
     /// Called by the persister when a write failed; it will retry.
     pub fn mark_failed(&self, error: String) {
-        self.durable_tx.send_modify(|status| status.last_error = Some(error));
+        self.lock().status.last_error = Some(error);
     }
 
     /// Waits until `generation` is on disk, at most `timeout`.
     pub async fn wait(&self, generation: u64, timeout: Duration) -> Result<(), NotDurable> {
-        let mut durable_rx = self.durable_tx.subscribe();
-        let waited = tokio::time::timeout(timeout, durable_rx.wait_for(|status| status.generation >= generation)).await;
-        match waited {
-            Ok(Ok(_)) => Ok(()),
-            // The sender lives as long as `self`, so only the timeout remains.
+        let durable_rx = {
+            let mut state = self.lock();
+            if state.status.generation >= generation {
+                return Ok(());
+            }
+            let (durable_tx, durable_rx) = oneshot::channel();
+            state.waiters.push(Waiter { generation, durable_tx });
+            // While the disk is out, waiters time out faster than commits
+            // drop them: sweep the abandoned ones whenever the heap has
+            // doubled, which keeps it near the number still waiting.
+            if state.waiters.len() >= WAITERS_SWEEP_FLOOR.max(2 * state.waiters_after_sweep) {
+                state.waiters.retain(|waiter| !waiter.durable_tx.is_closed());
+                state.waiters_after_sweep = state.waiters.len();
+            }
+            durable_rx
+        };
+        match tokio::time::timeout(timeout, durable_rx).await {
+            Ok(Ok(())) => Ok(()),
+            // The sender lives as long as `self` unless a commit covered
+            // this generation, so only the timeout remains.
             _ => Err(NotDurable {
                 waited_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
-                last_error: self.durable_tx.borrow().last_error.clone(),
+                last_error: self.lock().status.last_error.clone(),
             }),
         }
+    }
+
+    /// Callers waiting for a commit, including any that gave up since the
+    /// last sweep.
+    #[cfg(test)]
+    fn waiters(&self) -> usize {
+        self.lock().waiters.len()
     }
 }
 
@@ -520,5 +607,51 @@ mod tests {
         let error = durability.wait(3, Duration::from_millis(10)).await.expect_err("nothing wrote generation 3");
         assert_eq!(error.last_error.as_deref(), Some("disk full"));
         assert!(error.to_string().contains("disk full"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_commit_wakes_the_waiters_it_covers_in_any_order_and_no_others() {
+        let durability = std::sync::Arc::new(Durability::new(0));
+        // Registered out of generation order, as tasks on several threads do.
+        let waiters: Vec<_> = [5u64, 2, 9, 1, 5, 7]
+            .into_iter()
+            .map(|generation| {
+                let durability = durability.clone();
+                (generation, tokio::spawn(async move { durability.wait(generation, Duration::from_secs(5)).await }))
+            })
+            .collect();
+        while durability.waiters() < waiters.len() {
+            tokio::task::yield_now().await;
+        }
+        durability.mark_durable(5);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        for (generation, waiter) in &waiters {
+            assert_eq!(waiter.is_finished(), *generation <= 5, "generation {generation} after a commit of 5");
+        }
+        assert_eq!(durability.waiters(), 2, "7 and 9 still wait");
+        assert!(durability.wait(4, Duration::from_secs(5)).await.is_ok(), "already durable: no wait");
+        durability.mark_durable(9);
+        for (generation, waiter) in waiters {
+            assert!(waiter.await.expect("joins").is_ok(), "generation {generation}");
+        }
+        assert_eq!(durability.waiters(), 0);
+    }
+
+    #[tokio::test]
+    async fn abandoned_waiters_are_swept_while_nothing_commits() {
+        let durability = Durability::new(0);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for generation in 1..=5 * WAITERS_SWEEP_FLOOR as u64 {
+            durability.request(generation);
+            // Polled once (so registered), then dropped, as a request whose
+            // client went away does.
+            let mut wait = std::pin::pin!(durability.wait(generation, Duration::from_secs(60)));
+            assert!(wait.as_mut().poll(&mut context).is_pending(), "the disk is out");
+        }
+        // Five floors' worth of abandoned waiters registered; sweeps keep the
+        // heap below twice the floor.
+        assert!(durability.waiters() < 2 * WAITERS_SWEEP_FLOOR, "{} waiters kept", durability.waiters());
     }
 }

@@ -344,9 +344,9 @@ pub struct NotDurable {
 ///
 /// Waiters are kept by generation and each is woken once, when a commit
 /// covers it. A broadcast (a `watch` on the durable generation) woke every
-/// waiter on every commit, and under load most of them were waiting for the
+/// waiter on every commit, and under load many of them were waiting for the
 /// commit after: each such task was polled through the HTTP stack for
-/// nothing, which cost more CPU than the commit itself.
+/// nothing.
 #[derive(Debug)]
 pub struct Durability {
     requested_tx: watch::Sender<u64>,

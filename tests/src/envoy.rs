@@ -64,9 +64,6 @@ pub fn render_bootstrap(params: &BootstrapParams) -> String {
 /// Renders the Envoy bootstrap YAML with the given split; see
 /// [`BootstrapShape`].
 pub fn render_bootstrap_shaped(params: &BootstrapParams, shape: BootstrapShape) -> String {
-    // JSON string literals are valid YAML double-quoted scalars, so this
-    // quotes arbitrary configuration text and paths safely.
-    let quote = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
     let routes_and_filters = match shape {
         BootstrapShape::HeaderRoute => format!(
             r#"              # Only an explicit header value selects canary; the default
@@ -415,11 +412,18 @@ pub fn static_cluster_yaml(name: &str, address: SocketAddr, connect_timeout: &st
             address:
               socket_address: {{ address: {ip}, port_value: {port} }}
 "#,
-        name = serde_json::Value::String(name.to_owned()),
+        name = quote(name),
         ip = address.ip(),
         port = address.port(),
     )
 }
+
+/// `text` as a YAML double-quoted scalar: a JSON string literal is one, so
+/// arbitrary configuration text, paths and Istio-style names quote safely.
+pub fn quote(text: &str) -> String {
+    serde_json::Value::String(text.to_owned()).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::envoy::BootstrapParams;
+use crate::envoy::{BootstrapParams, quote};
 
 /// The namespace the manifests deploy to (`envoy-config/istio/base/kustomization.yaml`).
 pub const NAMESPACE: &str = "payments";
@@ -150,11 +150,6 @@ fn write_ecds_and_render(params: &BootstrapParams, dir: &Path, resource: EcdsRes
 enum ClientHeaderGuard {
     Present,
     Absent,
-}
-
-/// JSON string literals are valid YAML double-quoted scalars.
-fn quote(text: &str) -> String {
-    Value::String(text.to_owned()).to_string()
 }
 
 /// The ECDS resource istiod sends for the WasmPlugin, after the istio-agent

@@ -174,8 +174,10 @@ struct ErrorBody {
     field: Option<String>,
 }
 
-/// `POST /v1/filter/sync`: token, decode, ingest, durability, hold, answer,
-/// in the order the contract gives.
+/// `POST /v1/filter/sync`: token, decode, ingest, hold, durability, answer.
+/// The acknowledgement still comes only once the report is durable; the
+/// hold comes first so that held reports share a lazy commit (see
+/// [`AppState::hold_until_durable`]).
 ///
 /// It takes the whole request rather than a `HeaderMap` extractor, which
 /// would copy every header: this is the one handler called once per report.
@@ -209,9 +211,8 @@ async fn filter_sync(State(state): State<AppState>, request: Request) -> Result<
         duplicate = outcome.duplicate,
         "report ingested"
     );
-    state.wait_durable(generation).await?;
     let max_hold = Duration::from_millis(u64::from(report.header.max_hold_ms).min(MAX_HOLD_MS));
-    let weights = state.hold_while_version(report.header.weights_version, max_hold).await;
+    let weights = state.hold_until_durable(generation, report.header.weights_version, max_hold).await?;
     let response = SyncResponse { acked_seq: report.header.seq, weights: weights.weights };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], response.to_bytes()).into_response())
 }

@@ -360,6 +360,77 @@ async fn a_held_sync_answers_as_soon_as_the_weights_change() {
     assert!(held_for < Duration::from_secs(10), "released by the change, not the 20 s hold: {held_for:?}");
 }
 
+/// Counts the records in every journal file of a state directory.
+fn journal_records(state_dir: &std::path::Path) -> usize {
+    let journal_dir = crate::journal::JournalDir::new(state_dir);
+    let generations = journal_dir.generations().expect("journal files");
+    generations
+        .into_iter()
+        .map(|generation| {
+            let bytes = std::fs::read(journal_dir.path(generation)).expect("read journal");
+            crate::journal::scan(&bytes).expect("valid journal").records.len()
+        })
+        .sum()
+}
+
+fn spawn_sync(harness: &Harness, bytes: Vec<u8>) -> tokio::task::JoinHandle<SyncResponse> {
+    let app = harness.app.clone();
+    tokio::spawn(async move {
+        let response = app.oneshot(sync_request(bytes, Some(&format!("Bearer {TOKEN}")))).await.expect("infallible");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        SyncResponse::decode(&body).expect("sync response")
+    })
+}
+
+// Multi-threaded, as the analyzer runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_reports_share_a_lazy_commit_and_are_durable_when_acknowledged() {
+    const WORKERS: u64 = 40;
+    let harness = Harness::new();
+    let state_dir = harness.dir.path().join("state");
+    let records_before = journal_records(&state_dir);
+    // Forty workers' reports over a few milliseconds, each held 300 ms:
+    // with a commit per request this was several fdatasyncs.
+    let mut syncs = Vec::new();
+    for worker_id in 1..=WORKERS {
+        syncs.push(spawn_sync(&harness, report(worker_id, 1, 1, 300, 2, false)));
+        if worker_id % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    for sync in syncs {
+        assert_eq!(sync.await.expect("joins").acked_seq, 1);
+    }
+    let commits = journal_records(&state_dir) - records_before;
+    assert!((1..=3).contains(&commits), "{WORKERS} held reports took {commits} commits");
+
+    // As after `kill -9`: everything acknowledged is on disk.
+    let Harness { dir, state: _first_state, app: _ } = harness;
+    let second = Harness::open(dir, |_| {});
+    assert_eq!(*total_requests(&second.rollout().await, "stable"), 2 * WORKERS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_cut_short_by_new_weights_acknowledges_only_durable_counts() {
+    let harness = Harness::new();
+    harness.sync(report(1, 1, 1, 0, 1, false)).await;
+    let held = spawn_sync(&harness, report(1, 2, 1, 20_000, 7, false));
+    // Sooner than the lazy commit: the ack must ask for its own.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let (status, _) = harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 5}"#).await;
+    assert_eq!(status, StatusCode::OK);
+    let ack = tokio::time::timeout(Duration::from_secs(5), held).await.expect("released").expect("joins");
+    assert_eq!((ack.acked_seq, ack.weights.weights_version), (2, 2));
+
+    let Harness { dir, state: _first_state, app: _ } = harness;
+    let second = Harness::open(dir, |_| {});
+    let rollout = second.rollout().await;
+    assert_eq!(*total_requests(&rollout, "stable"), 8);
+    assert_eq!(rollout["weights_version"], 2);
+}
+
 #[tokio::test]
 async fn rollback_with_wait_is_confirmed_when_the_worker_applies_it() {
     let harness = Harness::new();

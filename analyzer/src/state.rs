@@ -42,7 +42,7 @@ use crate::http_client::HttpClient;
 use crate::journal::{self, CommitRecord, JournalDir, JournalWriter, ReplayState};
 use crate::metrics::{self, MetricsSnapshot, RejectReason, ReportCounters};
 use crate::notify::Notifier;
-use crate::store::{Durability, NotDurable, StateFile, Store, StoreError};
+use crate::store::{Durability, LAZY_COMMIT_DELAY, NotDurable, StateFile, Store, StoreError};
 use crate::weights_file::WeightsFile;
 
 /// Longest wait for the state to reach disk before a request gives up with
@@ -257,7 +257,7 @@ impl AppState {
         self.inner.reports.count_rejected(reason);
     }
 
-    /// Folds a validated report in and asks for it to be persisted. Returns
+    /// Folds a validated report in and notes it for the next commit. Returns
     /// the generation to wait for before acknowledging it.
     pub fn ingest(&self, report: &Report) -> (IngestOutcome, u64) {
         let now_unix_ms = unix_now_ms();
@@ -273,7 +273,7 @@ impl AppState {
         if outcome.applied_version_changed {
             self.inner.applied_tx.send_modify(|changes| *changes = changes.wrapping_add(1));
         }
-        self.inner.durability.request(generation);
+        self.inner.durability.note_pending(generation);
         (outcome, generation)
     }
 
@@ -282,15 +282,38 @@ impl AppState {
         self.inner.durability.wait(generation, DURABILITY_TIMEOUT).await
     }
 
+    /// The sync call's long-poll and its acknowledgement's condition: holds
+    /// as [`AppState::hold_while_version`] does, then waits until the report
+    /// (`generation`) is durable, and returns the weights in force then.
+    ///
+    /// A held report asks for no commit of its own: the persister commits
+    /// pending changes within [`crate::store::LAZY_COMMIT_DELAY`], so one
+    /// `fdatasync` covers every report of that span, and a report held for
+    /// its whole interval is usually on disk when its hold ends. A hold that
+    /// ends early (new weights, or no hold asked for) requests the commit at
+    /// once. Durability still bounds the call: past [`DURABILITY_TIMEOUT`]
+    /// from arrival it answers 503 as soon as the hold ends.
+    pub async fn hold_until_durable(
+        &self,
+        generation: u64,
+        applied_version: u64,
+        max_hold: Duration,
+    ) -> Result<WeightsRecord, NotDurable> {
+        let deadline = tokio::time::Instant::now() + DURABILITY_TIMEOUT;
+        let durable = self.inner.durability.subscribe(generation);
+        self.hold_while_version(applied_version, max_hold).await;
+        self.inner.durability.finish(durable, deadline).await?;
+        Ok(self.weights())
+    }
+
     /// The long-poll hold: returns at once if the published weights version
     /// differs from `applied_version`, else when it changes, after
     /// `max_hold`, or on shutdown, whichever is first.
-    pub async fn hold_while_version(&self, applied_version: u64, max_hold: Duration) -> WeightsRecord {
+    async fn hold_while_version(&self, applied_version: u64, max_hold: Duration) {
         // Nothing to wait for: skip the subscriptions and the timer, which
         // every report would otherwise pay for.
-        let current = self.weights();
-        if max_hold.is_zero() || current.weights.weights_version != applied_version {
-            return current;
+        if max_hold.is_zero() || self.weights().weights.weights_version != applied_version {
+            return;
         }
         // Subscribing before looking at the value means a change between the
         // two cannot be missed.
@@ -300,7 +323,6 @@ impl AppState {
             _ = tokio::time::timeout(max_hold, version_rx.wait_for(|version| *version != applied_version)) => {}
             _ = shutdown_rx.wait_for(|stopping| *stopping) => {}
         }
-        self.weights()
     }
 
     /// Sets the canary weight, waits until it is durable and published, and
@@ -319,9 +341,10 @@ impl AppState {
             match core.aggregate.change_weight(canary_weight, now_unix_ms) {
                 Some(weights) => {
                     // The journal must hold the new weights and the reset
-                    // since-change counts too, but the next report's commit
-                    // writes them: requesting a commit here would only put
-                    // another fsync on the disk next to this one.
+                    // since-change counts too, but a lazy commit writes
+                    // them (see the `note_pending` below): requesting one
+                    // here would only put another fsync on the disk next to
+                    // this one.
                     core.generation += 1;
                     (weights, true, core.generation)
                 }
@@ -332,6 +355,7 @@ impl AppState {
             }
         };
         if changed {
+            self.inner.durability.note_pending(generation);
             tracing::info!(
                 weights_version = weights.weights.weights_version,
                 canary_weight = %canary_weight,
@@ -824,35 +848,41 @@ impl Drop for ShutdownOnDrop {
     }
 }
 
-/// The one writer of the journal and the snapshots: whenever the requested
-/// generation is ahead of the durable one, append a record; between
-/// commits, take a due snapshot. Exits on shutdown once everything requested
-/// is on disk.
+/// The one writer of the journal and the snapshots: whenever a requested
+/// generation is ahead of the durable one, append a record at once; when
+/// changes are only pending, append one [`LAZY_COMMIT_DELAY`] after the
+/// first of them; between commits, take a due snapshot. Exits on shutdown
+/// once everything in memory is on disk.
 async fn persist_loop(inner: Arc<Inner>, mut persister: Persister) {
-    let mut requested_rx = inner.durability.requested();
     let mut shutdown_rx = inner.shutdown_tx.subscribe();
-    // Catch up before the first wait: requests made before this task first
-    // ran are already marked as seen in `requested_rx`.
     let mut stopping = false;
+    // When the pending changes must be committed, though nobody asked.
+    let mut lazy_due: Option<Instant> = None;
     loop {
         let mut failures = 0u32;
         loop {
             persister.housekeeping(&inner).await;
-            let requested = *requested_rx.borrow_and_update();
-            if inner.durability.durable_generation() >= requested {
+            let targets = inner.durability.targets();
+            let lazy_now = stopping || lazy_due.is_some_and(|due| due <= Instant::now());
+            let target = if lazy_now { targets.pending } else { targets.requested };
+            if targets.durable >= target {
                 break;
             }
-            if let Err(error) = persister.commit(&inner) {
-                failures += 1;
-                tracing::error!(%error, failures, "cannot persist the analyzer state; retrying");
-                inner.durability.mark_failed(error);
-                if stopping && failures >= SHUTDOWN_WRITE_ATTEMPTS {
-                    tracing::error!("giving up on the journal at shutdown; unacknowledged changes are lost");
-                    return;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(PERSIST_RETRY_BACKOFF) => {}
-                    _ = shutdown_rx.wait_for(|stopping| *stopping), if !stopping => stopping = true,
+            match persister.commit(&inner) {
+                // A commit takes everything in memory, pending or requested.
+                Ok(()) => lazy_due = None,
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(%error, failures, "cannot persist the analyzer state; retrying");
+                    inner.durability.mark_failed(error);
+                    if stopping && failures >= SHUTDOWN_WRITE_ATTEMPTS {
+                        tracing::error!("giving up on the journal at shutdown; unacknowledged changes are lost");
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(PERSIST_RETRY_BACKOFF) => {}
+                        _ = shutdown_rx.wait_for(|stopping| *stopping), if !stopping => stopping = true,
+                    }
                 }
             }
         }
@@ -861,13 +891,22 @@ async fn persist_loop(inner: Arc<Inner>, mut persister: Persister) {
             tracing::info!(path = %inner.store.path().display(), "state flushed");
             return;
         }
-        // Idle: wake for a request, shutdown, a finished snapshot, or a due
+        // Idle, or only pending changes: wake for a request, a new pending
+        // change, shutdown, the lazy commit, a finished snapshot, or a due
         // one.
+        let targets = inner.durability.targets();
+        if targets.pending > targets.durable {
+            lazy_due.get_or_insert_with(|| Instant::now() + LAZY_COMMIT_DELAY);
+        }
         let snapshot_wake = persister.snapshot_at.filter(|_| persister.snapshot_task.is_none());
+        let wake_at = match (snapshot_wake, lazy_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let woke = tokio::select! {
-            changed = requested_rx.changed() => Wake::Stop(changed.is_err()),
+            _ = inner.durability.notified() => Wake::Stop(false),
             _ = shutdown_rx.wait_for(|stopping| *stopping) => Wake::Stop(true),
-            _ = sleep_until_or_never(snapshot_wake) => Wake::Stop(false),
+            _ = sleep_until_or_never(wake_at) => Wake::Stop(false),
             outcome = wait_task(persister.snapshot_task.as_mut()) => Wake::Snapshot(outcome),
         };
         stopping = match woke {

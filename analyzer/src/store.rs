@@ -34,7 +34,7 @@ use std::time::Duration;
 use canary_protocol::latency::BUCKET_COUNT;
 use canary_protocol::{CanaryWeight, LatencyHistogram, SparseLatency, StatusCounts, Weights};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 
 use crate::aggregate::{Aggregate, DurableParts, VersionCounts, WeightsRecord, WorkerKey, WorkerState};
 
@@ -339,8 +339,15 @@ pub struct NotDurable {
     pub last_error: Option<String>,
 }
 
-/// The two generation counters of group commit, and the callers waiting
-/// for the durable one to reach theirs.
+/// The generation counters of group commit, and the callers waiting for the
+/// durable one to reach theirs.
+///
+/// Two kinds of change reach the persister. A *request* (a caller waits for
+/// it now) is committed at once. A change that is only *pending* (a report
+/// still held by its long-poll, a weight change whose own file is already
+/// durable) is committed within [`LAZY_COMMIT_DELAY`] of the first such
+/// change, so one `fdatasync` covers every report of that span instead of a
+/// handful.
 ///
 /// Waiters are kept by generation and each is woken once, when a commit
 /// covers it. A broadcast (a `watch` on the durable generation) woke every
@@ -349,17 +356,39 @@ pub struct NotDurable {
 /// nothing.
 #[derive(Debug)]
 pub struct Durability {
-    requested_tx: watch::Sender<u64>,
+    /// Wakes the persister: a commit is requested, or a change became
+    /// pending while nothing else was.
+    wake: Notify,
     durable: Mutex<DurableState>,
 }
+
+/// How long a change may stay pending before the persister commits it
+/// unasked. Well below the filter's shortest report interval (100 ms), so a
+/// report held for its whole interval is durable by the time its hold ends;
+/// long enough to gather tens to hundreds of reports per commit at 1 Hz
+/// per worker.
+pub const LAZY_COMMIT_DELAY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Default)]
 struct DurableState {
     status: DurableStatus,
+    /// Highest generation a caller waits for now.
+    requested: u64,
+    /// Highest generation changed in memory (at least `requested`).
+    pending: u64,
     /// Lowest generation first.
     waiters: BinaryHeap<Waiter>,
     /// Waiters left after the last sweep of abandoned ones.
     waiters_after_sweep: usize,
+}
+
+/// What the persister compares: the generation on disk, the one a caller
+/// waits for, and the newest in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    pub durable: u64,
+    pub requested: u64,
+    pub pending: u64,
 }
 
 /// Below this many waiters, abandoned ones (timed out, or their connection
@@ -393,13 +422,24 @@ impl Ord for Waiter {
     }
 }
 
+/// A registered wait for one generation: see [`Durability::subscribe`].
+#[derive(Debug)]
+pub struct DurableWait {
+    generation: u64,
+    subscribed_at: tokio::time::Instant,
+    /// `None` when the generation was durable already.
+    durable_rx: Option<oneshot::Receiver<()>>,
+}
+
 impl Durability {
     /// Counters for a state that is durable up to `generation`.
     pub fn new(generation: u64) -> Durability {
         Durability {
-            requested_tx: watch::Sender::new(generation),
+            wake: Notify::new(),
             durable: Mutex::new(DurableState {
                 status: DurableStatus { generation, last_error: None },
+                requested: generation,
+                pending: generation,
                 ..DurableState::default()
             }),
         }
@@ -411,24 +451,94 @@ impl Durability {
         self.durable.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the persister to write at least `generation`.
-    pub fn request(&self, generation: u64) {
-        self.requested_tx.send_if_modified(|requested| {
-            let newer = generation > *requested;
-            if newer {
-                *requested = generation;
-            }
-            newer
-        });
+    /// Notes that the state up to `generation` changed in memory: the
+    /// persister commits it within [`LAZY_COMMIT_DELAY`] unless a request
+    /// comes first. Wakes the persister only when it had nothing to do, so
+    /// a burst of reports costs it one wake-up.
+    pub fn note_pending(&self, generation: u64) {
+        let idle = {
+            let mut state = self.lock();
+            let idle = state.pending <= state.status.generation;
+            state.pending = state.pending.max(generation);
+            idle && generation > state.status.generation
+        };
+        if idle {
+            self.wake.notify_one();
+        }
     }
 
-    /// What the persister watches.
-    pub fn requested(&self) -> watch::Receiver<u64> {
-        self.requested_tx.subscribe()
+    /// Asks the persister to write at least `generation` now.
+    pub fn request(&self, generation: u64) {
+        let newer = {
+            let mut state = self.lock();
+            state.pending = state.pending.max(generation);
+            let newer = generation > state.requested && generation > state.status.generation;
+            state.requested = state.requested.max(generation);
+            newer
+        };
+        if newer {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What the persister waits on. A wake-up that comes while it commits
+    /// is kept (one permit), so none is lost between its check and its wait.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    pub fn targets(&self) -> Targets {
+        let state = self.lock();
+        Targets { durable: state.status.generation, requested: state.requested, pending: state.pending }
     }
 
     pub fn durable_generation(&self) -> u64 {
         self.lock().status.generation
+    }
+
+    /// Registers for the commit that covers `generation`, without asking
+    /// for one: a caller that can wait (a held long-poll) lets the lazy
+    /// commit cover it, and calls [`Durability::finish`] when it can wait
+    /// no longer.
+    pub fn subscribe(&self, generation: u64) -> DurableWait {
+        let subscribed_at = tokio::time::Instant::now();
+        let mut state = self.lock();
+        if state.status.generation >= generation {
+            return DurableWait { generation, subscribed_at, durable_rx: None };
+        }
+        let (durable_tx, durable_rx) = oneshot::channel();
+        state.waiters.push(Waiter { generation, durable_tx });
+        // While the disk is out, waiters time out faster than commits
+        // drop them: sweep the abandoned ones whenever the heap has
+        // doubled, which keeps it near the number still waiting.
+        if state.waiters.len() >= WAITERS_SWEEP_FLOOR.max(2 * state.waiters_after_sweep) {
+            state.waiters.retain(|waiter| !waiter.durable_tx.is_closed());
+            state.waiters_after_sweep = state.waiters.len();
+        }
+        DurableWait { generation, subscribed_at, durable_rx: Some(durable_rx) }
+    }
+
+    /// Completes a [`Durability::subscribe`]: requests its generation now if
+    /// it is not durable yet, and waits for it until `deadline` (a deadline
+    /// already past still takes a commit that has happened).
+    pub async fn finish(&self, wait: DurableWait, deadline: tokio::time::Instant) -> Result<(), NotDurable> {
+        let Some(mut durable_rx) = wait.durable_rx else {
+            return Ok(());
+        };
+        // Covered while the caller held: no commit to ask for.
+        if durable_rx.try_recv().is_ok() {
+            return Ok(());
+        }
+        self.request(wait.generation);
+        match tokio::time::timeout_at(deadline, durable_rx).await {
+            Ok(Ok(())) => Ok(()),
+            // The sender lives as long as `self` unless a commit covered
+            // this generation, so only the timeout remains.
+            _ => Err(NotDurable {
+                waited_ms: wait.subscribed_at.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
+                last_error: self.lock().status.last_error.clone(),
+            }),
+        }
     }
 
     /// Called by the persister once `generation` is on disk: wakes the
@@ -451,33 +561,11 @@ impl Durability {
         self.lock().status.last_error = Some(error);
     }
 
-    /// Waits until `generation` is on disk, at most `timeout`.
+    /// Requests `generation` now and waits until it is on disk, at most
+    /// `timeout`.
     pub async fn wait(&self, generation: u64, timeout: Duration) -> Result<(), NotDurable> {
-        let durable_rx = {
-            let mut state = self.lock();
-            if state.status.generation >= generation {
-                return Ok(());
-            }
-            let (durable_tx, durable_rx) = oneshot::channel();
-            state.waiters.push(Waiter { generation, durable_tx });
-            // While the disk is out, waiters time out faster than commits
-            // drop them: sweep the abandoned ones whenever the heap has
-            // doubled, which keeps it near the number still waiting.
-            if state.waiters.len() >= WAITERS_SWEEP_FLOOR.max(2 * state.waiters_after_sweep) {
-                state.waiters.retain(|waiter| !waiter.durable_tx.is_closed());
-                state.waiters_after_sweep = state.waiters.len();
-            }
-            durable_rx
-        };
-        match tokio::time::timeout(timeout, durable_rx).await {
-            Ok(Ok(())) => Ok(()),
-            // The sender lives as long as `self` unless a commit covered
-            // this generation, so only the timeout remains.
-            _ => Err(NotDurable {
-                waited_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
-                last_error: self.lock().status.last_error.clone(),
-            }),
-        }
+        let wait = self.subscribe(generation);
+        self.finish(wait, tokio::time::Instant::now() + timeout).await
     }
 
     /// Callers waiting for a commit, including any that gave up since the
@@ -637,6 +725,49 @@ mod tests {
             assert!(waiter.await.expect("joins").is_ok(), "generation {generation}");
         }
         assert_eq!(durability.waiters(), 0);
+    }
+
+    #[tokio::test]
+    async fn pending_changes_wake_an_idle_persister_once_and_requests_wake_it_always() {
+        let durability = Durability::new(0);
+        let woken = |durability: &Durability| {
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            std::pin::pin!(durability.notified()).poll(&mut context).is_ready()
+        };
+        assert!(!woken(&durability), "nothing to do");
+        durability.note_pending(1);
+        assert!(woken(&durability), "the first pending change arms the lazy commit");
+        durability.note_pending(2);
+        assert!(!woken(&durability), "already armed: a burst of reports costs one wake-up");
+        assert_eq!(durability.targets(), Targets { durable: 0, requested: 0, pending: 2 });
+        durability.request(2);
+        assert!(woken(&durability), "a request cuts the lazy delay short");
+        durability.request(1);
+        assert!(!woken(&durability), "an older request adds nothing");
+        durability.mark_durable(2);
+        durability.note_pending(3);
+        assert!(woken(&durability), "idle again after the commit");
+        assert_eq!(durability.targets(), Targets { durable: 2, requested: 2, pending: 3 });
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_wait_asks_for_a_commit_only_when_it_finishes_uncovered() {
+        let durability = Durability::new(0);
+        let past = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+
+        durability.note_pending(2);
+        let held = durability.subscribe(2);
+        assert_eq!(durability.targets().requested, 0, "subscribing asks for nothing");
+        durability.mark_durable(2);
+        durability.finish(held, past).await.expect("covered by the lazy commit, even past its deadline");
+        assert_eq!(durability.targets().requested, 0, "covered: no commit asked for");
+
+        durability.note_pending(3);
+        let cut_short = durability.subscribe(3);
+        let error = durability.finish(cut_short, past).await.expect_err("nothing wrote 3");
+        assert_eq!(durability.targets().requested, 3, "finishing uncovered asks for the commit");
+        assert!(error.to_string().contains("not yet durable"), "{error}");
     }
 
     #[tokio::test]

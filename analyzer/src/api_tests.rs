@@ -20,7 +20,7 @@ struct Harness {
     // Kept for its Drop: the state directory lives as long as the harness.
     dir: TempDir,
     state: AppState,
-    app: Router,
+    app: Api,
 }
 
 impl Harness {
@@ -39,7 +39,7 @@ impl Harness {
         config.filter_token = Some(TOKEN.to_owned());
         adjust(&mut config);
         let state = AppState::open(config).expect("state opens");
-        let app = app(state.clone());
+        let app = Api::new(state.clone());
         Harness { dir, state, app }
     }
 

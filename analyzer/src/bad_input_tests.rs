@@ -37,7 +37,7 @@ steps:
 
 struct Harness {
     _dir: TempDir,
-    app: Router,
+    app: crate::Api,
 }
 
 struct Answer {
@@ -53,7 +53,7 @@ impl Harness {
         let mut config = Config::with_state_dir(dir.path().join("state"));
         adjust(&mut config);
         let state = AppState::open(config).expect("state opens");
-        Harness { app: app(state), _dir: dir }
+        Harness { app: crate::Api::new(state), _dir: dir }
     }
 
     /// Every token configured and reads protected.
@@ -275,6 +275,7 @@ fn method_and_route_cases() -> Vec<Case> {
         ("POST", "/v1/rollouts/history"),
         ("POST", "/v1/assignment"),
         ("GET", "/v1/filter/sync"),
+        ("PUT", "/v1/filter/sync"),
         ("POST", "/metrics"),
         ("POST", "/healthz"),
     ] {
@@ -292,6 +293,13 @@ fn method_and_route_cases() -> Vec<Case> {
         "does not take",
     ));
     cases.push(case("unknown route", "GET", "/v1/rollout/weights", Some(SRE), "").expect(
+        S::NOT_FOUND,
+        Value::Null,
+        "no route",
+    ));
+    // Next to the path `Api` serves without the router: only the exact path
+    // takes that way.
+    cases.push(case("unknown route beside the sync path", "POST", "/v1/filter/sync/", Some(FILTER), "").expect(
         S::NOT_FOUND,
         Value::Null,
         "no route",

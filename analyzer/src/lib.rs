@@ -25,7 +25,8 @@
 //! - [`state`]: `AppState`, the shell around the aggregate: lock, published
 //!   weights (`ArcSwap` + `watch`), convergence notifications and the one
 //!   persister task.
-//! - [`api`]: `app(state) -> Router` and the JSON error type.
+//! - [`api`]: `app(state) -> Router`, the [`Api`] service that serves it
+//!   with the sync endpoint in front of it, and the JSON error type.
 //! - [`auth`]: bearer tokens by role (filter, SRE, read), 401 versus 403.
 //! - [`tls`]: optional HTTPS (rustls) on the same listener.
 //! - [`metrics`]: the Prometheus exposition, computed at scrape time.
@@ -62,6 +63,6 @@ pub mod store;
 pub mod tls;
 pub mod weights_file;
 
-pub use api::app;
+pub use api::{Api, app};
 pub use config::{Cli, Config};
 pub use state::AppState;

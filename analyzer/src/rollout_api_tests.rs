@@ -16,7 +16,7 @@ use crate::config::Config;
 struct Harness {
     dir: TempDir,
     state: AppState,
-    app: Router,
+    app: crate::Api,
 }
 
 impl Harness {
@@ -32,7 +32,7 @@ impl Harness {
         let mut config = Config::with_state_dir(dir.path().join("state"));
         adjust(&mut config);
         let state = AppState::open(config).expect("state opens");
-        let app = app(state.clone());
+        let app = crate::Api::new(state.clone());
         Harness { dir, state, app }
     }
 

@@ -172,7 +172,7 @@ async fn the_series_route_is_read_gated_and_filled_by_the_sampler() {
     config.read_token = Some("read-secret".into());
     config.read_access = ReadAccess::Token;
     let state = AppState::open(config).expect("state opens");
-    let app = crate::app(state.clone());
+    let app = crate::Api::new(state.clone());
     let get = |uri: &str, token: Option<&str>| {
         let mut request = Request::get(uri);
         if let Some(token) = token {

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::api::app;
+use crate::api::Api;
 use crate::config::{ConfigError, TlsFiles};
 use crate::state::AppState;
 
@@ -98,15 +98,15 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let router = app(state.clone());
+    let api = tower::make::Shared::new(Api::new(state.clone()));
     let shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down");
         state.begin_shutdown();
     };
     match tls {
-        Some(config) => axum::serve(TlsListener::new(listener, config)?, router).with_graceful_shutdown(shutdown).await,
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        Some(config) => axum::serve(TlsListener::new(listener, config)?, api).with_graceful_shutdown(shutdown).await,
+        None => axum::serve(listener, api).with_graceful_shutdown(shutdown).await,
     }
 }
 

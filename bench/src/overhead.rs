@@ -74,7 +74,7 @@ use crate::loadgen::{
 use crate::machine::{self, Artifact};
 use crate::plots::{self, Bar, LineChart, Series, XScale};
 use crate::procfs::{allowed_cpus, parse_cpu_list, parse_schedstat, pin};
-use crate::quantiles::nearest_rank;
+use crate::quantiles::Spread;
 use crate::report::{self, Bound, Verdict};
 use crate::results::RunContext;
 
@@ -529,29 +529,6 @@ pub struct GeneratorSample {
     pub latency: Option<LatencySummary>,
     pub service: Option<LatencySummary>,
     pub dispatch: Option<DispatchStats>,
-}
-
-/// Median, min and max over rounds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Spread {
-    pub count: usize,
-    /// Nearest rank: a value some round measured.
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Spread {
-    pub fn of(values: &[f64]) -> Option<Self> {
-        let mut sorted: Vec<f64> = values.iter().copied().filter(|value| value.is_finite()).collect();
-        sorted.sort_by(f64::total_cmp);
-        Some(Self {
-            count: sorted.len(),
-            median: nearest_rank(&sorted, 50.0)?,
-            min: *sorted.first()?,
-            max: *sorted.last()?,
-        })
-    }
 }
 
 /// One variant over every round of a concurrency.

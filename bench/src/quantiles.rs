@@ -32,6 +32,29 @@ impl Quantiles {
     }
 }
 
+/// Median, min and max over rounds (finite values only).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub count: usize,
+    /// Nearest rank: a value some round measured.
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted: Vec<f64> = values.iter().copied().filter(|value| value.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        Some(Self {
+            count: sorted.len(),
+            median: nearest_rank(&sorted, 50.0)?,
+            min: *sorted.first()?,
+            max: *sorted.last()?,
+        })
+    }
+}
+
 /// The `percentile`-th percentile (0..=100) of an ascending `sorted` slice by
 /// the nearest-rank method: the smallest value such that at least
 /// `percentile`% of the sample is at or below it, i.e. the value of rank

@@ -24,11 +24,15 @@
 //!    best step's rate over the analyzer's utilisation; below 95% the
 //!    analyzer was not the bottleneck and the figure is an extrapolation,
 //!    which the results say.
-//! 3. **HTTP floor**: the same saturation, at the analyzer's best step,
-//!    against `bench-scale-floor` (`bench/src/bin/scale_floor.rs`): the same
-//!    axum/hyper server and report decoder with no state, no disk and no
-//!    hold. Its reports per core-second is what one HTTP exchange per report
-//!    costs on this machine, so the analyzer's own share is the difference.
+//! 3. **Repeats and the HTTP floor**: the analyzer's best step again on
+//!    fresh analyzers (5 measurements in all by default), each followed by
+//!    the same load against `bench-scale-floor`
+//!    (`bench/src/bin/scale_floor.rs`): the same hyper server and report
+//!    decoder with no state, no disk and no hold. The floor's reports per
+//!    core-second is what one HTTP exchange per report costs on this
+//!    machine, so the analyzer's own share is the difference, taken pair by
+//!    pair. One window moves by ±15% and more on this VM, so the verdict is
+//!    the median of the analyzer's measurements, with their range.
 //! 4. **Memory**: a least-squares line through the idle RSS (0 workers) and
 //!    the RSS at each size; its slope is the bytes per worker (worker table
 //!    entry, connection and buffers), its R² and residuals say how linear.
@@ -52,6 +56,7 @@ use serde::Serialize;
 use self::driver::{Driver, SOURCE_IPS, SyncSettings, WindowStats};
 use self::proc::{AnalyzerProcess, CpuDelta, OpenFilesLimit, ProcSample};
 use crate::machine;
+use crate::quantiles::Spread;
 use crate::report::{Bound, Verdict, progress, progress_done};
 use crate::results::RunContext;
 
@@ -110,6 +115,9 @@ pub struct ScaleOptions {
     pub saturation_hold_ms: u32,
     /// Pin the analyzer to core 0 and this process to core 1 (needs two).
     pub pin: bool,
+    /// Measurements of the analyzer at its best saturation step, the
+    /// sweep's own included, each followed by one of the HTTP floor.
+    pub saturation_repeats: usize,
     /// Measure the HTTP floor server at the analyzer's best saturation step.
     pub floor: bool,
     pub smoke: bool,
@@ -125,6 +133,8 @@ impl ScaleOptions {
     pub const DEFAULT_SATURATION_WORKERS: [usize; 6] = [64, 256, 1_024, 4_096, 8_192, 16_384];
     pub const DEFAULT_SATURATION_SETTLE_S: f64 = 1.0;
     pub const DEFAULT_SATURATION_WINDOW_S: f64 = 3.0;
+    /// One window on this VM moves by ±15% and more; five give a median.
+    pub const DEFAULT_SATURATION_REPEATS: usize = 5;
     /// Seconds in all: proves the benchmark works, measures little.
     pub const SMOKE_PROXIES: [usize; 1] = [10];
     pub const SMOKE_WARM_UP_S: f64 = 0.5;
@@ -133,6 +143,7 @@ impl ScaleOptions {
     pub const SMOKE_SATURATION_WORKERS: [usize; 2] = [8, 40];
     pub const SMOKE_SATURATION_SETTLE_S: f64 = 0.3;
     pub const SMOKE_SATURATION_WINDOW_S: f64 = 0.5;
+    pub const SMOKE_SATURATION_REPEATS: usize = 1;
 
     /// The full run's settings, or the smoke preset.
     pub fn preset(smoke: bool) -> Self {
@@ -147,6 +158,7 @@ impl ScaleOptions {
                 saturation_workers: Self::SMOKE_SATURATION_WORKERS.to_vec(),
                 saturation_settle_s: Self::SMOKE_SATURATION_SETTLE_S,
                 saturation_window_s: Self::SMOKE_SATURATION_WINDOW_S,
+                saturation_repeats: Self::SMOKE_SATURATION_REPEATS,
                 saturation_hold_ms: 0,
                 pin: true,
                 floor: true,
@@ -163,6 +175,7 @@ impl ScaleOptions {
                 saturation_workers: Self::DEFAULT_SATURATION_WORKERS.to_vec(),
                 saturation_settle_s: Self::DEFAULT_SATURATION_SETTLE_S,
                 saturation_window_s: Self::DEFAULT_SATURATION_WINDOW_S,
+                saturation_repeats: Self::DEFAULT_SATURATION_REPEATS,
                 saturation_hold_ms: 0,
                 pin: true,
                 floor: true,
@@ -184,6 +197,7 @@ impl ScaleOptions {
             ensure!(seconds.is_finite() && (0.0..=3_600.0).contains(&seconds), "{name} must be 0..=3600");
         }
         ensure!(self.window_s > 0.0 && self.saturation_window_s > 0.0, "measurement windows must be positive");
+        ensure!((1..=50).contains(&self.saturation_repeats), "--saturation-repeats must be 1..=50");
         ensure!(!self.proxies.is_empty() || !self.saturation_workers.is_empty(), "nothing to measure");
         Ok(())
     }
@@ -235,6 +249,11 @@ pub struct ScaleArgs {
     /// Measured window per saturation step [default: 3; smoke: 0.5].
     #[arg(long)]
     pub saturation_window_s: Option<f64>,
+    /// Measurements of the analyzer at its best saturation step (the
+    /// sweep's included), each on a fresh server and followed by one of the
+    /// HTTP floor; the verdict takes the median [default: 5; smoke: 1].
+    #[arg(long)]
+    pub saturation_repeats: Option<usize>,
     /// `max_hold_ms` of the saturation workers: 0 answers as soon as the
     /// report is durable, 100 is the filter's smallest interval [default: 0].
     #[arg(long)]
@@ -271,6 +290,7 @@ impl ScaleArgs {
             },
             saturation_settle_s: self.saturation_settle_s.unwrap_or(preset.saturation_settle_s),
             saturation_window_s: self.saturation_window_s.unwrap_or(preset.saturation_window_s),
+            saturation_repeats: self.saturation_repeats.unwrap_or(preset.saturation_repeats),
             saturation_hold_ms: self.saturation_hold_ms.unwrap_or(preset.saturation_hold_ms),
             pin: !self.no_pin,
             floor: !self.no_floor,
@@ -338,9 +358,8 @@ pub struct ScaleResult {
     pub idle: Option<IdleReading>,
     pub sizes: Vec<SizeRun>,
     pub saturation: Option<SaturationRun>,
-    /// The HTTP floor server under the same saturation load, at the
-    /// analyzer's best step.
-    pub floor: Option<SaturationRun>,
+    /// The best saturation step again, next to the HTTP floor.
+    pub repeats: Option<Repeats>,
     /// RSS against workers: idle, then every size whose workers each had a
     /// connection (shared-connection sizes would mix two slopes).
     pub memory_fit: Option<LinearFit>,
@@ -484,6 +503,54 @@ pub struct SaturationStep {
     pub workers: usize,
     pub workers_synced: u64,
     pub window: WindowSummary,
+}
+
+impl SaturationStep {
+    fn per_core(&self) -> Option<f64> {
+        self.window.analyzer.reports_per_core_second.filter(|rate| *rate > 0.0)
+    }
+}
+
+/// The analyzer's best saturation step measured again, each time on a
+/// fresh server, and after each the HTTP floor (`bench-scale-floor`) under
+/// the same load: analyzer, floor, analyzer, floor, …, the sweep's own step
+/// first. One window on this VM moves by ±15% and more, so the verdict and
+/// the comparison with the floor rest on medians, pair by pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repeats {
+    pub workers: usize,
+    /// In the order measured; the first is the sweep's best step.
+    pub analyzer: Vec<SaturationStep>,
+    /// `floor[i]` ran right after `analyzer[i]`; empty with `--no-floor`.
+    pub floor: Vec<SaturationStep>,
+    pub analyzer_per_core: Option<Spread>,
+    pub floor_per_core: Option<Spread>,
+    /// The analyzer's CPU per report over the floor's, pair by pair.
+    pub cpu_ratio: Option<Spread>,
+    /// The analyzer's CPU per report less the floor's, pair by pair.
+    pub own_us: Option<Spread>,
+}
+
+impl Repeats {
+    pub fn summarize(workers: usize, analyzer: Vec<SaturationStep>, floor: Vec<SaturationStep>) -> Repeats {
+        let rates = |steps: &[SaturationStep]| steps.iter().filter_map(SaturationStep::per_core).collect::<Vec<_>>();
+        let pairs: Vec<(f64, f64)> = analyzer
+            .iter()
+            .zip(&floor)
+            .filter_map(|(analyzer, floor)| Some((1e6 / analyzer.per_core()?, 1e6 / floor.per_core()?)))
+            .collect();
+        let ratios: Vec<f64> = pairs.iter().map(|(analyzer_us, floor_us)| analyzer_us / floor_us).collect();
+        let own: Vec<f64> = pairs.iter().map(|(analyzer_us, floor_us)| analyzer_us - floor_us).collect();
+        Repeats {
+            workers,
+            analyzer_per_core: Spread::of(&rates(&analyzer)),
+            floor_per_core: Spread::of(&rates(&floor)),
+            cpu_ratio: Spread::of(&ratios),
+            own_us: Spread::of(&own),
+            analyzer,
+            floor,
+        }
+    }
 }
 
 /// A least-squares line `rss = intercept + slope × workers`.
@@ -653,26 +720,17 @@ async fn measure(
         progress_done();
         Some(run)
     };
-    let floor = match saturation.as_ref().and_then(|run| run.steps.get(run.best_step?)) {
-        Some(best) if options.floor => {
-            // The same load at the analyzer's best step: the two runs then
-            // differ only in the server.
-            let floor_options = ScaleOptions { saturation_workers: vec![best.workers], ..options.clone() };
-            let dir = scratch.path().join("floor");
-            let run = measure_saturation(&floor_options, &binaries.floor, &dir, &setup, "HTTP floor")
-                .await
-                .context("HTTP floor")?;
-            progress_done();
-            Some(run)
-        }
-        _ => None,
+    let repeats = match saturation.as_ref().and_then(|run| run.steps.get(run.best_step?)) {
+        Some(best) => Some(measure_repeats(&options, &binaries, scratch.path(), &setup, best.clone()).await?),
+        None => None,
     };
     let idle = sizes.first().map(|size| size.idle.clone());
     let memory_fit = memory_fit(&sizes);
-    let verdicts = verdicts(saturation.as_ref(), memory_fit.as_ref());
+    let verdicts = verdicts(repeats.as_ref(), memory_fit.as_ref());
     Ok(ScaleResult {
         benchmark: BENCHMARK,
-        schema_version: 1,
+        // 2: `floor` became `repeats`.
+        schema_version: 2,
         context,
         settings: Settings {
             options,
@@ -688,10 +746,51 @@ async fn measure(
         idle,
         sizes,
         saturation,
-        floor,
+        repeats,
         memory_fit,
         verdicts,
     })
+}
+
+/// See [`Repeats`]. The same load at the analyzer's best step, so that the
+/// floor and the analyzer differ only in the server.
+async fn measure_repeats(
+    options: &ScaleOptions,
+    binaries: &ScaleBinaries,
+    scratch: &Path,
+    setup: &Setup,
+    best: SaturationStep,
+) -> anyhow::Result<Repeats> {
+    let one_step = ScaleOptions { saturation_workers: vec![best.workers], ..options.clone() };
+    let rounds = options.saturation_repeats;
+    let workers = best.workers;
+    let mut analyzer = vec![best];
+    let mut floor = Vec::new();
+    for round in 1..=rounds {
+        if round > 1 {
+            let name = format!("saturation repeat {round}/{rounds}");
+            let dir = scratch.join(format!("repeat-{round}"));
+            analyzer.push(measure_one_step(&one_step, &binaries.analyzer, &dir, setup, &name).await?);
+        }
+        if options.floor {
+            let name = format!("HTTP floor {round}/{rounds}");
+            let dir = scratch.join(format!("floor-{round}"));
+            floor.push(measure_one_step(&one_step, &binaries.floor, &dir, setup, &name).await?);
+        }
+    }
+    Ok(Repeats::summarize(workers, analyzer, floor))
+}
+
+async fn measure_one_step(
+    options: &ScaleOptions,
+    binary: &Path,
+    dir: &Path,
+    setup: &Setup,
+    name: &str,
+) -> anyhow::Result<SaturationStep> {
+    let run = measure_saturation(options, binary, dir, setup, name).await.with_context(|| name.to_owned())?;
+    progress_done();
+    run.steps.into_iter().next().with_context(|| format!("{name}: no step measured"))
 }
 
 /// A temporary directory for the analyzers' state, where the harness puts
@@ -715,29 +814,38 @@ fn memory_fit(sizes: &[SizeRun]) -> Option<LinearFit> {
     least_squares(&points)
 }
 
-fn verdicts(saturation: Option<&SaturationRun>, memory_fit: Option<&LinearFit>) -> Vec<Verdict> {
+fn verdicts(repeats: Option<&Repeats>, memory_fit: Option<&LinearFit>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
-    if let Some(step) = saturation.and_then(|run| run.steps.get(run.best_step?))
-        && let Some(per_core) = step.window.analyzer.reports_per_core_second
+    if let Some(repeats) = repeats
+        && let Some(per_core) = repeats.analyzer_per_core
     {
-        let utilisation = step.window.analyzer.cpu.utilisation;
-        let quantity = if utilisation >= SATURATED_UTILISATION {
-            format!("reports per second on one analyzer core ({} workers)", step.workers)
+        let utilisation: Vec<f64> = repeats.analyzer.iter().map(|step| step.window.analyzer.cpu.utilisation).collect();
+        let lowest = utilisation.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = utilisation.iter().copied().fold(0.0, f64::max);
+        let runs = match per_core.count {
+            1 => format!("{} workers", repeats.workers),
+            count => format!("{} workers, median of {count} runs", repeats.workers),
+        };
+        let quantity = if lowest >= SATURATED_UTILISATION {
+            format!("reports per second on one analyzer core ({runs})")
+        } else if format!("{lowest:.2}") == format!("{highest:.2}") {
+            format!("reports per second on one analyzer core, extrapolated from {:.0}% CPU ({runs})", lowest * 100.0)
         } else {
             format!(
-                "reports per second on one analyzer core, extrapolated from {:.0}% CPU ({} workers)",
-                utilisation * 100.0,
-                step.workers
+                "reports per second on one analyzer core, extrapolated from {:.0}–{:.0}% CPU ({runs})",
+                lowest * 100.0,
+                highest * 100.0
             )
         };
-        verdicts.push(Verdict::new(
+        let verdict = Verdict::new(
             BENCHMARK,
             &quantity,
-            per_core,
+            per_core.median,
             Bound::AtLeast,
             TARGET_REPORTS_PER_CORE_SECOND,
             " reports/s",
-        ));
+        );
+        verdicts.push(if per_core.count > 1 { verdict.with_range(per_core.min, per_core.max) } else { verdict });
     }
     if let Some(fit) = memory_fit
         && fit.points.len() >= 3
@@ -1316,24 +1424,61 @@ pub fn memory_lines(result: &ScaleResult) -> String {
 
 /// The `scale.md` next to the JSON.
 /// The analyzer's cost per report next to the HTTP floor's, at the same
-/// load; `None` without both.
+/// load, as medians over the repeats; `None` without both.
 pub fn floor_line(result: &ScaleResult) -> Option<String> {
-    let best = |run: &SaturationRun| run.steps.get(run.best_step?).cloned();
-    let analyzer = best(result.saturation.as_ref()?)?;
-    let floor = best(result.floor.as_ref()?)?;
-    let per_core = |step: &SaturationStep| step.window.analyzer.reports_per_core_second;
-    let (analyzer_rate, floor_rate) = (per_core(&analyzer)?, per_core(&floor)?);
-    if analyzer_rate <= 0.0 || floor_rate <= 0.0 {
-        return None;
-    }
-    let (analyzer_us, floor_us) = (1e6 / analyzer_rate, 1e6 / floor_rate);
+    let repeats = result.repeats.as_ref()?;
+    let (analyzer, floor) = (repeats.analyzer_per_core?, repeats.floor_per_core?);
+    let (ratio, own) = (repeats.cpu_ratio?, repeats.own_us?);
+    let range = |spread: Spread, decimals: usize| {
+        if spread.count > 1 {
+            format!(" [{:.decimals$}–{:.decimals$}]", spread.min, spread.max)
+        } else {
+            String::new()
+        }
+    };
     Some(format!(
-        "HTTP floor at {} workers: {floor_rate:.0} reports per core-second ({floor_us:.1} µs/report); the analyzer: \
-         {analyzer_rate:.0} ({analyzer_us:.1} µs/report), {:.2}× the floor's CPU per report, {:.1} µs of its own.",
-        floor.workers,
-        analyzer_us / floor_us,
-        analyzer_us - floor_us
+        "HTTP floor at {} workers: {:.0} reports per core-second{} ({:.1} µs/report); the analyzer: {:.0}{} ({:.1} µs/\
+         report); pair by pair, the analyzer's CPU per report is {:.2}×{} the floor's, {:.1} µs{} of its own{}.",
+        repeats.workers,
+        floor.median,
+        range(floor, 0),
+        1e6 / floor.median,
+        analyzer.median,
+        range(analyzer, 0),
+        1e6 / analyzer.median,
+        ratio.median,
+        range(ratio, 2),
+        own.median,
+        range(own, 1),
+        if ratio.count > 1 { format!(" (medians of {} pairs)", ratio.count) } else { String::new() },
     ))
+}
+
+/// One row per repeat: the analyzer, then the floor right after it.
+pub fn repeats_table(repeats: &Repeats) -> String {
+    let mut out = String::from(
+        "| run | analyzer reports/s | CPU | reports per core-second | µs/report | floor reports per core-second | µs/report \
+         | CPU ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (index, step) in repeats.analyzer.iter().enumerate() {
+        let floor = repeats.floor.get(index);
+        let us = |step: &SaturationStep| step.per_core().map(|rate| 1e6 / rate);
+        let ratio = us(step).zip(floor.and_then(us)).map(|(analyzer, floor)| analyzer / floor);
+        let _ = writeln!(
+            out,
+            "| {}{} | {:.0} | {:.0}% | {} | {} | {} | {} | {} |",
+            index + 1,
+            if index == 0 { " (sweep)" } else { "" },
+            step.window.reports_per_second,
+            step.window.analyzer.cpu.utilisation * 100.0,
+            number_cell(step.per_core(), 0),
+            number_cell(us(step), 1),
+            number_cell(floor.and_then(SaturationStep::per_core), 0),
+            number_cell(floor.and_then(us), 1),
+            ratio.map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),
+        );
+    }
+    out
 }
 
 pub fn markdown(result: &ScaleResult) -> String {
@@ -1424,17 +1569,18 @@ pub fn markdown(result: &ScaleResult) -> String {
         );
         out.push_str(&saturation_table(run));
     }
-    if let Some(line) = floor_line(result) {
+    if let Some(repeats) = &result.repeats {
         let _ = writeln!(
             out,
-            "\n## HTTP floor\n\nThe same saturation load at the analyzer's best step, against `bench-scale-floor`: \
-             the analyzer's axum/hyper server and report decoder with no state, no disk, no token check and no \
-             hold, so what one HTTP exchange per report costs on this machine.\n"
+            "\n## Repeats and the HTTP floor\n\nThe analyzer's best step again, each time on a fresh analyzer, and \
+             after each the same load against `bench-scale-floor`: the analyzer's hyper server and report decoder \
+             with no state, no disk, no token check and no hold, so what one HTTP exchange per report costs on \
+             this machine. One window moves by ±15% and more here, so the verdict takes the median.\n"
         );
-        if let Some(run) = &result.floor {
-            out.push_str(&saturation_table(run));
+        out.push_str(&repeats_table(repeats));
+        if let Some(line) = floor_line(result) {
+            let _ = writeln!(out, "\n{line}");
         }
-        let _ = writeln!(out, "\n{line}");
     }
     let _ = writeln!(out, "\n## Memory\n");
     out.push_str(&memory_lines(result));
@@ -1483,9 +1629,96 @@ mod tests {
         smoke.validate().expect("valid");
         assert_eq!(smoke.max_workers(), 40);
         assert!(smoke.window_s <= 2.0);
+        assert_eq!(smoke.saturation_repeats, 1, "one floor run, as before repeats");
         let mut bad = smoke.clone();
         bad.window_s = 0.0;
         assert!(bad.validate().is_err());
+        let mut bad = smoke.clone();
+        bad.saturation_repeats = 0;
+        assert!(bad.validate().is_err());
+    }
+
+    /// A saturation step whose analyzer did `per_core` reports per
+    /// core-second at `utilisation`.
+    fn step(per_core: f64, utilisation: f64) -> SaturationStep {
+        let cpu = CpuDelta {
+            wall_ms: 1_000.0,
+            cpu_ms: utilisation * 1_000.0,
+            utilisation,
+            run_queue_wait_ms: 0.0,
+            top_threads: Vec::new(),
+        };
+        let reports_per_second = per_core * utilisation;
+        SaturationStep {
+            workers: 64,
+            workers_synced: 64,
+            window: WindowSummary {
+                window_ms: 1_000.0,
+                workers: 64,
+                reports_acked: reports_per_second as u64,
+                reports_per_second,
+                held_acks: 0,
+                ingest_ms: None,
+                round_trip_ms: None,
+                failures: BTreeMap::new(),
+                first_error: None,
+                connections_open: 64,
+                connection_waits: 0,
+                longest_connection_wait_ms: 0.0,
+                analyzer: AnalyzerWindow {
+                    cpu: cpu.clone(),
+                    cpu_us_per_report: Some(1e6 / per_core),
+                    reports_per_core_second: Some(per_core),
+                    rss_bytes: None,
+                    peak_rss_bytes: None,
+                    state_file_bytes: None,
+                    storage_write_bytes_per_second: None,
+                    reports_received: None,
+                    reports_duplicate: None,
+                },
+                driver_cpu: cpu,
+            },
+        }
+    }
+
+    #[test]
+    fn repeats_compare_pair_by_pair_and_the_verdict_takes_the_median() {
+        // The machine slows down over the run: the floor slows with it, so
+        // the pairwise ratio stays put while the rates move.
+        let analyzer = vec![step(40_000.0, 0.8), step(50_000.0, 0.8), step(25_000.0, 0.8)];
+        let floor = vec![step(80_000.0, 1.0), step(100_000.0, 1.0), step(50_000.0, 1.0)];
+        let repeats = Repeats::summarize(64, analyzer, floor);
+        let per_core = repeats.analyzer_per_core.expect("rates");
+        assert_eq!((per_core.count, per_core.median, per_core.min, per_core.max), (3, 40_000.0, 25_000.0, 50_000.0));
+        assert_eq!(repeats.floor_per_core.expect("floor").median, 80_000.0);
+        let ratio = repeats.cpu_ratio.expect("pairs");
+        assert!((ratio.min - 2.0).abs() < 1e-9 && (ratio.max - 2.0).abs() < 1e-9, "{ratio:?}");
+        let own = repeats.own_us.expect("pairs");
+        assert_eq!((own.min, own.median, own.max), (10.0, 12.5, 20.0));
+
+        let verdicts = verdicts(Some(&repeats), None);
+        assert_eq!(verdicts.len(), 1);
+        let line = verdicts[0].line();
+        assert!(line.contains("median of 3 runs") && line.contains("extrapolated from 80% CPU"), "{line}");
+        assert_eq!(
+            (verdicts[0].measured, verdicts[0].min, verdicts[0].max),
+            (40_000.0, Some(25_000.0), Some(50_000.0))
+        );
+        assert!(!verdicts[0].met, "the median, not the best run, is judged");
+
+        let table = repeats_table(&repeats);
+        assert_eq!(table.lines().count(), 2 + 3, "{table}");
+        assert!(table.contains("| 1 (sweep) | 32000 | 80% | 40000 | 25.0 | 80000 | 12.5 | 2.00× |"), "{table}");
+    }
+
+    #[test]
+    fn a_single_run_without_a_floor_has_no_range_and_no_ratio() {
+        let repeats = Repeats::summarize(64, vec![step(60_000.0, 1.0)], Vec::new());
+        assert!(repeats.cpu_ratio.is_none() && repeats.floor_per_core.is_none());
+        let verdicts = verdicts(Some(&repeats), None);
+        assert_eq!((verdicts[0].min, verdicts[0].max), (None, None));
+        assert!(verdicts[0].met);
+        assert!(verdicts[0].line().contains("(64 workers)"), "{}", verdicts[0].line());
     }
 
     #[test]

@@ -60,6 +60,27 @@ fn duplicates_are_not_counted_twice() {
 }
 
 #[test]
+fn views_list_workers_by_proxy_whatever_the_table_order() {
+    let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
+    // The table orders by worker id: (1, b), (2, a), (9, a).
+    for (proxy_id, worker_id) in [("envoy-b", 1), ("envoy-a", 9), ("envoy-a", 2)] {
+        aggregate.ingest(&report(proxy_id, worker_id, 1, 1, &ok_stable(1)), T0_MS);
+    }
+    let table: Vec<u64> = aggregate.worker_table().map(|(key, _)| key.worker_id).collect();
+    assert_eq!(table, [1, 2, 9]);
+    let view = aggregate.rollout_view(&aggregate.weights(), T0_MS);
+    let listed: Vec<(&str, &str)> =
+        view.data_plane.workers.iter().map(|worker| (worker.proxy_id.as_str(), worker.worker_id.as_str())).collect();
+    assert_eq!(
+        listed,
+        [("envoy-a", "0000000000000002"), ("envoy-a", "0000000000000009"), ("envoy-b", "0000000000000001")]
+    );
+    let unconfirmed = aggregate.convergence(2, T0_MS).unconfirmed;
+    let named: Vec<(&str, u64)> = unconfirmed.iter().map(|key| (key.proxy_id.as_str(), key.worker_id)).collect();
+    assert_eq!(named, [("envoy-a", 2), ("envoy-a", 9), ("envoy-b", 1)]);
+}
+
+#[test]
 fn same_worker_id_on_another_proxy_is_another_worker() {
     let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
     assert!(!aggregate.ingest(&report("envoy-a", 7, 1, 1, &ok_stable(1)), T0_MS).duplicate);

@@ -283,8 +283,10 @@ impl AppState {
     }
 
     /// The sync call's long-poll and its acknowledgement's condition: holds
-    /// as [`AppState::hold_while_version`] does, then waits until the report
-    /// (`generation`) is durable, and returns the weights in force then.
+    /// until the published weights version differs from `applied_version`,
+    /// `max_hold` passes or the analyzer shuts down, then waits until the
+    /// report (`generation`) is durable, and returns the weights in force
+    /// then.
     ///
     /// A held report asks for no commit of its own: the persister commits
     /// pending changes within [`crate::store::LAZY_COMMIT_DELAY`], so one

@@ -492,10 +492,6 @@ impl Durability {
         Targets { durable: state.status.generation, requested: state.requested, pending: state.pending }
     }
 
-    pub fn durable_generation(&self) -> u64 {
-        self.lock().status.generation
-    }
-
     /// Registers for the commit that covers `generation`, without asking
     /// for one: a caller that can wait (a held long-poll) lets the lazy
     /// commit cover it, and calls [`Durability::finish`] when it can wait

@@ -371,7 +371,7 @@ impl AppState {
             Ok(()) => self.inner.publish(weights),
             Err(error) => {
                 tracing::error!(%error, "cannot write the weights file; waiting for the journal instead");
-                self.inner.durability.request(generation);
+                // `wait_durable` requests the commit itself.
                 self.wait_durable(generation).await?;
             }
         }
@@ -901,10 +901,7 @@ async fn persist_loop(inner: Arc<Inner>, mut persister: Persister) {
             lazy_due.get_or_insert_with(|| Instant::now() + LAZY_COMMIT_DELAY);
         }
         let snapshot_wake = persister.snapshot_at.filter(|_| persister.snapshot_task.is_none());
-        let wake_at = match (snapshot_wake, lazy_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake_at = snapshot_wake.into_iter().chain(lazy_due).min();
         let woke = tokio::select! {
             _ = inner.durability.notified() => Wake::Stop(false),
             _ = shutdown_rx.wait_for(|stopping| *stopping) => Wake::Stop(true),

@@ -828,7 +828,7 @@ fn verdicts(repeats: Option<&Repeats>, memory_fit: Option<&LinearFit>) -> Vec<Ve
         };
         let quantity = if lowest >= SATURATED_UTILISATION {
             format!("reports per second on one analyzer core ({runs})")
-        } else if format!("{lowest:.2}") == format!("{highest:.2}") {
+        } else if (lowest * 100.0).round() == (highest * 100.0).round() {
             format!("reports per second on one analyzer core, extrapolated from {:.0}% CPU ({runs})", lowest * 100.0)
         } else {
             format!(

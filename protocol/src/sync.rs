@@ -40,13 +40,20 @@ impl SyncResponse {
         let mut reader = Reader::new("sync response", bytes);
         reader.header(SYNC_MAGIC, SYNC_FORMAT_VERSION)?;
         let acked_seq = reader.varint("acked seq")?;
-        let weights_version = reader.varint("weights version")?;
-        let canary_weight_bp = reader.varint_at_most("canary weight bp", u64::from(FULL_BP), "must be 0..=10000")?;
+        let weights = decode_weights(&mut reader)?;
         reader.finish()?;
-        // In range by the check above.
-        let canary_weight = CanaryWeight::from_bp(canary_weight_bp).unwrap_or(CanaryWeight::ZERO);
-        Ok(SyncResponse { acked_seq, weights: Weights { weights_version, canary_weight } })
+        Ok(SyncResponse { acked_seq, weights })
     }
+}
+
+/// The weights version and canary weight, as both response formats carry
+/// them.
+pub(crate) fn decode_weights(reader: &mut Reader<'_>) -> Result<Weights, DecodeError> {
+    let weights_version = reader.varint("weights version")?;
+    let canary_weight_bp = reader.varint_at_most("canary weight bp", u64::from(FULL_BP), "must be 0..=10000")?;
+    // In range by the check above.
+    let canary_weight = CanaryWeight::from_bp(canary_weight_bp).unwrap_or(CanaryWeight::ZERO);
+    Ok(Weights { weights_version, canary_weight })
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ pub struct WorkerState {
 }
 
 /// What one ingest did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IngestOutcome {
     /// The report had been ingested before; its counts were not added.
     pub duplicate: bool,

@@ -22,7 +22,9 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Router, middleware};
-use canary_protocol::{CanaryWeight, DecodeError, Report, SyncResponse};
+use canary_protocol::{
+    BatchAck, BatchDecodeError, CanaryWeight, DecodeError, Report, ReportBatch, SyncResponse, WorkerAck,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,6 +45,9 @@ mod rollouts;
 /// versions filled is under 100 KiB, so this leaves room without letting a
 /// client make the analyzer buffer without bound.
 pub const MAX_REPORT_BYTES: usize = 1 << 20;
+/// Largest batch body accepted: up to 256 workers' reports of a typical few
+/// hundred bytes to a few KiB each, with room for busy histograms.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
 /// Largest JSON body accepted by the SRE API.
 pub const MAX_JSON_BODY_BYTES: usize = 64 * 1024;
 /// Longest a sync is held waiting for new weights, whatever the filter asks.
@@ -50,11 +55,14 @@ pub const MAX_HOLD_MS: u64 = 30_000;
 
 /// The sync endpoint's path.
 pub const SYNC_PATH: &str = "/v1/filter/sync";
+/// The batched sync endpoint's path: several workers' reports in one call
+/// (`canary_protocol::batch`).
+pub const SYNC_BATCH_PATH: &str = "/v1/filter/sync-batch";
 
 /// What the listener serves: [`app`], except that `POST /v1/filter/sync`
-/// goes straight to its handler.
+/// and `POST /v1/filter/sync-batch` go straight to their handlers.
 ///
-/// That endpoint is called once per report by every filter VM. Through the
+/// The sync endpoint is called once per report by every filter VM. Through the
 /// router each call paid a route match, a boxed route future and an
 /// extensions map that axum allocates for path parameters even when a
 /// route has none (together about 7% of the analyzer's CPU with 4,096
@@ -95,6 +103,9 @@ impl tower::Service<Request> for Api {
         if request.method() == Method::POST && request.uri().path() == SYNC_PATH {
             let state = self.state.clone();
             Box::pin(async move { Ok(filter_sync(State(state), request).await.into_response()) })
+        } else if request.method() == Method::POST && request.uri().path() == SYNC_BATCH_PATH {
+            let state = self.state.clone();
+            Box::pin(async move { Ok(filter_sync_batch(State(state), request).await.into_response()) })
         } else {
             // A router is always ready, so `poll_ready` has nothing to
             // forward.
@@ -127,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         // Served by [`Api`] without the router; kept here so that other
         // methods get the usual 405 and tests of the router see it.
         .route(SYNC_PATH, post(filter_sync))
+        .route(SYNC_BATCH_PATH, post(filter_sync_batch))
         // Liveness probes carry no token.
         .route("/healthz", get(|| async { "ok" }))
         // The dashboard's page and assets hold no data: open, like /healthz.
@@ -246,19 +258,7 @@ struct ErrorBody {
 /// a route layer, which also lets it count the refusal in
 /// `canary_reports_rejected_total{reason="unauthorized"}` (401 and 403).
 async fn filter_sync(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    if let Err(denied) = auth::check(state.config(), Family::Filter, &parts.headers) {
-        state.count_rejected(RejectReason::Unauthorized);
-        return Err(auth::denied_error(state.config(), Family::Filter, &denied));
-    }
-    // The filter never sends a query string; anything else is a client to
-    // refuse, not to half-understand.
-    no_query(parts.uri.query()).inspect_err(|_| state.count_rejected(RejectReason::Malformed))?;
-    let bytes = read_body(body, MAX_REPORT_BYTES).await.inspect_err(|error| {
-        if matches!(error, ApiError::TooLarge { .. }) {
-            state.count_rejected(RejectReason::TooLarge);
-        }
-    })?;
+    let bytes = read_sync_body(&state, request, MAX_REPORT_BYTES).await?;
     let report = Report::decode(&bytes).map_err(|error| {
         state.count_rejected(RejectReason::Malformed);
         tracing::debug!(%error, "rejected a report");
@@ -276,6 +276,60 @@ async fn filter_sync(State(state): State<AppState>, request: Request) -> Result<
     let weights = state.hold_until_durable(generation, report.header.weights_version, max_hold).await?;
     let response = SyncResponse { acked_seq: report.header.seq, weights: weights.weights };
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], response.to_bytes()).into_response())
+}
+
+/// `POST /v1/filter/sync-batch`: [`filter_sync`] for several workers at
+/// once, so an Envoy makes one exchange per interval instead of one per
+/// worker VM. The batch is decoded whole before anything is ingested, so a
+/// bad report refuses the batch and changes nothing. Each report is
+/// deduplicated and acknowledged by its own worker and seq. The call holds
+/// for the batch's `max_hold_ms` only while every report says it has
+/// applied the published weights; if any has not, it answers at once.
+async fn filter_sync_batch(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let bytes = read_sync_body(&state, request, MAX_BATCH_BYTES).await?;
+    let batch = ReportBatch::decode(&bytes).map_err(|error| {
+        state.count_rejected(RejectReason::Malformed);
+        tracing::debug!(%error, "rejected a report batch");
+        let field = match &error {
+            BatchDecodeError::Framing(error) => decode_error_field(error),
+            BatchDecodeError::Report { index, error } => format!("reports[{index}].{}", decode_error_field(error)),
+        };
+        ApiError::bad_request(error.to_string(), Some(&field))
+    })?;
+    let generation = state.ingest_batch(&batch.reports);
+    let applied_version = batch.reports.first().map_or(0, |report| report.header.weights_version);
+    let same_applied_version = batch.reports.iter().all(|report| report.header.weights_version == applied_version);
+    let max_hold = if same_applied_version {
+        Duration::from_millis(u64::from(batch.max_hold_ms).min(MAX_HOLD_MS))
+    } else {
+        Duration::ZERO
+    };
+    let weights = state.hold_until_durable(generation, applied_version, max_hold).await?;
+    let acks = batch
+        .reports
+        .iter()
+        .map(|report| WorkerAck { worker_id: report.header.worker_id, acked_seq: report.header.seq })
+        .collect();
+    let response = BatchAck { weights: weights.weights, acks };
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], response.to_bytes()).into_response())
+}
+
+/// What both sync endpoints check before decoding: the filter token, no
+/// query string, and a body within `limit_bytes`. Each refusal is counted.
+async fn read_sync_body(state: &AppState, request: Request, limit_bytes: usize) -> Result<Bytes, ApiError> {
+    let (parts, body) = request.into_parts();
+    if let Err(denied) = auth::check(state.config(), Family::Filter, &parts.headers) {
+        state.count_rejected(RejectReason::Unauthorized);
+        return Err(auth::denied_error(state.config(), Family::Filter, &denied));
+    }
+    // The filter never sends a query string; anything else is a client to
+    // refuse, not to half-understand.
+    no_query(parts.uri.query()).inspect_err(|_| state.count_rejected(RejectReason::Malformed))?;
+    read_body(body, limit_bytes).await.inspect_err(|error| {
+        if matches!(error, ApiError::TooLarge { .. }) {
+            state.count_rejected(RejectReason::TooLarge);
+        }
+    })
 }
 
 /// `GET /v1/rollout`: issue 2's data-plane view plus the rollout.

@@ -800,3 +800,6 @@ async fn a_damaged_journal_record_before_a_valid_one_stops_startup_naming_file_a
     assert!(message.contains(&journal_path.display().to_string()), "{message}");
     assert!(message.contains(&format!("at byte {HEADER_BYTES}")), "{message}");
 }
+
+#[path = "api_batch_tests.rs"]
+mod batch;

@@ -143,6 +143,13 @@ fn report(seq: u64) -> Vec<u8> {
 }
 
 /// A valid report, decoded, edited and re-encoded.
+/// A batch of already-encoded reports, held for nothing.
+fn batch(reports: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    canary_protocol::batch::encode_batch(0, reports.iter().map(Vec::as_slice), &mut bytes);
+    bytes
+}
+
 fn edited_report(edit: impl FnOnce(&mut Report)) -> Vec<u8> {
     let mut decoded = Report::decode(&report(2)).expect("valid");
     edit(&mut decoded);
@@ -254,11 +261,13 @@ fn auth_cases() -> Vec<Case> {
         ("sync with the SRE token", Some(SRE), S::FORBIDDEN, "the SRE token is not accepted"),
         ("sync with the read token", Some(READ), S::FORBIDDEN, "the read token is not accepted"),
     ] {
-        cases.push(
-            case(what, "POST", "/v1/filter/sync", auth, report(2))
-                .header("content-type", "application/octet-stream")
-                .expect(status, json!("authorization"), words),
-        );
+        for (uri, body) in [("/v1/filter/sync", report(2)), ("/v1/filter/sync-batch", batch(&[report(2)]))] {
+            cases.push(case(what, "POST", uri, auth, body).header("content-type", "application/octet-stream").expect(
+                status,
+                json!("authorization"),
+                words,
+            ));
+        }
     }
     cases
 }
@@ -276,6 +285,8 @@ fn method_and_route_cases() -> Vec<Case> {
         ("POST", "/v1/assignment"),
         ("GET", "/v1/filter/sync"),
         ("PUT", "/v1/filter/sync"),
+        ("GET", "/v1/filter/sync-batch"),
+        ("PUT", "/v1/filter/sync-batch"),
         ("POST", "/metrics"),
         ("POST", "/healthz"),
     ] {
@@ -299,11 +310,13 @@ fn method_and_route_cases() -> Vec<Case> {
     ));
     // Next to the path `Api` serves without the router: only the exact path
     // takes that way.
-    cases.push(case("unknown route beside the sync path", "POST", "/v1/filter/sync/", Some(FILTER), "").expect(
-        S::NOT_FOUND,
-        Value::Null,
-        "no route",
-    ));
+    for uri in ["/v1/filter/sync/", "/v1/filter/sync-batch/"] {
+        cases.push(case("unknown route beside a sync path", "POST", uri, Some(FILTER), "").expect(
+            S::NOT_FOUND,
+            Value::Null,
+            "no route",
+        ));
+    }
     cases
 }
 
@@ -607,6 +620,44 @@ fn report_cases() -> Vec<Case> {
             case
         })
         .chain([query])
+        .chain(batch_cases())
+        .collect()
+}
+
+/// The batch endpoint's framing, and a bad report inside a batch, which
+/// refuses the whole batch, good reports included.
+fn batch_cases() -> Vec<Case> {
+    use StatusCode as S;
+    let valid = report(2);
+    let seq_zero = edited_report(|r| r.header.seq = 0);
+    let mut wrong_count = batch(std::slice::from_ref(&valid));
+    // The count byte follows magic, version and a one-byte hold.
+    wrong_count[4] = 2;
+    let cases: Vec<(&'static str, Vec<u8>, S, Value, &'static str)> = vec![
+        ("empty batch body", Vec::new(), S::BAD_REQUEST, json!("magic"), "batch: truncated while reading magic"),
+        ("a single report sent as a batch", valid.clone(), S::BAD_REQUEST, json!("magic"), "not the magic bytes"),
+        ("batch of no reports", b"CB\x01\x00\x00".to_vec(), S::BAD_REQUEST, json!("report count"), "must be 1..=256"),
+        ("batch count above its reports", wrong_count, S::BAD_REQUEST, json!("report length"), "truncated"),
+        (
+            "bad report after a good one",
+            batch(&[valid.clone(), seq_zero]),
+            S::BAD_REQUEST,
+            json!("reports[1].seq"),
+            "batch report 1: report: seq is 0",
+        ),
+        ("oversized batch", vec![0; MAX_BATCH_BYTES + 1], S::PAYLOAD_TOO_LARGE, Value::Null, "larger than"),
+    ];
+    let query = case("query on the batch endpoint", "POST", "/v1/filter/sync-batch?x=1", Some(FILTER), batch(&[valid]))
+        .header("content-type", "application/octet-stream")
+        .expect(S::BAD_REQUEST, json!("x"), "takes none");
+    cases
+        .into_iter()
+        .map(|(what, bytes, status, field, words)| {
+            case(what, "POST", "/v1/filter/sync-batch", Some(FILTER), bytes)
+                .header("content-type", "application/octet-stream")
+                .expect(status, field, words)
+        })
+        .chain([query])
         .collect()
 }
 
@@ -669,10 +720,11 @@ async fn rejections_of_the_filter_channel_are_counted() {
     let answer = harness.send("GET", "/metrics", &[("authorization", READ)], Vec::new()).await;
     assert_eq!(answer.status, StatusCode::OK);
     let malformed = report_cases().iter().filter(|case| case.status == StatusCode::BAD_REQUEST).count();
+    let too_large = report_cases().iter().filter(|case| case.status == StatusCode::PAYLOAD_TOO_LARGE).count();
     for line in [
         format!("canary_reports_rejected_total{{reason=\"unauthorized\"}} {auth_refusals}"),
         format!("canary_reports_rejected_total{{reason=\"malformed\"}} {malformed}"),
-        "canary_reports_rejected_total{reason=\"too_large\"} 1".to_owned(),
+        format!("canary_reports_rejected_total{{reason=\"too_large\"}} {too_large}"),
         "canary_reports_received_total 0".to_owned(),
     ] {
         assert!(answer.raw.lines().any(|got| got == line), "missing {line:?} in\n{}", answer.raw);

@@ -83,6 +83,7 @@ impl RejectReason {
 pub struct ReportCounters {
     received_total: AtomicU64,
     duplicate_total: AtomicU64,
+    batches_total: AtomicU64,
     rejected_total: [AtomicU64; 3],
 }
 
@@ -95,6 +96,12 @@ impl ReportCounters {
         }
     }
 
+    /// A valid batch was received; its reports count through
+    /// [`Self::count_received`].
+    pub fn count_batch(&self) {
+        self.batches_total.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count_rejected(&self, reason: RejectReason) {
         self.rejected_total[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
@@ -103,6 +110,7 @@ impl ReportCounters {
         ReportCountsSnapshot {
             received_total: self.received_total.load(Ordering::Relaxed),
             duplicate_total: self.duplicate_total.load(Ordering::Relaxed),
+            batches_total: self.batches_total.load(Ordering::Relaxed),
             rejected_total: RejectReason::ALL
                 .map(|reason| (reason, self.rejected_total[reason.index()].load(Ordering::Relaxed))),
         }
@@ -113,6 +121,7 @@ impl ReportCounters {
 pub struct ReportCountsSnapshot {
     pub received_total: u64,
     pub duplicate_total: u64,
+    pub batches_total: u64,
     pub rejected_total: [(RejectReason, u64); 3],
 }
 
@@ -606,6 +615,12 @@ fn traffic_families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             "Re-sent filter reports whose counts were not added again.",
             MetricType::COUNTER,
             vec![counter(&[], reports.duplicate_total as f64)],
+        ),
+        family(
+            "canary_report_batches_total",
+            "Valid report batches received (POST /v1/filter/sync-batch); their reports count in canary_reports_received_total.",
+            MetricType::COUNTER,
+            vec![counter(&[], reports.batches_total as f64)],
         ),
         family("canary_reports_rejected_total", "Filter syncs refused, by reason.", MetricType::COUNTER, rejected),
         family(

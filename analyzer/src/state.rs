@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::aggregate::{
     Aggregate, AggregateSettings, Convergence, DurableParts, IngestOutcome, RolloutView, VersionCounts, WeightsRecord,
-    WorkerKey,
+    WorkerKey, format_worker_id,
 };
 use crate::config::Config;
 use crate::controller::{self, Controller, Loaded};
@@ -260,21 +260,50 @@ impl AppState {
     /// Folds a validated report in and notes it for the next commit. Returns
     /// the generation to wait for before acknowledging it.
     pub fn ingest(&self, report: &Report) -> (IngestOutcome, u64) {
+        let mut outcome = IngestOutcome::default();
+        let generation = self.ingest_reports(std::slice::from_ref(report), |_, ingested| outcome = ingested);
+        (outcome, generation)
+    }
+
+    /// Folds a batch's reports in, in order, under one lock, and notes them
+    /// for the next commit as one change. Each report is deduplicated by its
+    /// own worker and seq, as if it came alone. Returns the generation to
+    /// wait for before acknowledging any of them.
+    pub fn ingest_batch(&self, reports: &[Report]) -> u64 {
+        let generation = self.ingest_reports(reports, |report, ingested| {
+            tracing::trace!(
+                proxy_id = %report.header.proxy_id,
+                worker_id = %format_worker_id(report.header.worker_id),
+                seq = report.header.seq,
+                duplicate = ingested.duplicate,
+                "batched report ingested"
+            );
+        });
+        self.inner.reports.count_batch();
+        generation
+    }
+
+    fn ingest_reports<'r>(&self, reports: &'r [Report], mut each: impl FnMut(&'r Report, IngestOutcome)) -> u64 {
         let now_unix_ms = unix_now_ms();
-        let (outcome, generation) = {
-            let key = WorkerKey::of(report);
+        let mut applied_version_changed = false;
+        let generation = {
             let mut core = self.inner.lock_core();
-            let outcome = core.aggregate.ingest_from(&key, report, now_unix_ms);
-            core.changed_workers.push(key);
+            for report in reports {
+                let key = WorkerKey::of(report);
+                let outcome = core.aggregate.ingest_from(&key, report, now_unix_ms);
+                core.changed_workers.push(key);
+                self.inner.reports.count_received(outcome.duplicate);
+                applied_version_changed |= outcome.applied_version_changed;
+                each(report, outcome);
+            }
             core.generation += 1;
-            (outcome, core.generation)
+            core.generation
         };
-        self.inner.reports.count_received(outcome.duplicate);
-        if outcome.applied_version_changed {
+        if applied_version_changed {
             self.inner.applied_tx.send_modify(|changes| *changes = changes.wrapping_add(1));
         }
         self.inner.durability.note_pending(generation);
-        (outcome, generation)
+        generation
     }
 
     /// Waits until `generation` is on disk (group commit).

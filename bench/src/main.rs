@@ -203,6 +203,7 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
             canary_tests::paths::ANALYZER_BIN_ENV
         );
     }
+    eprintln!("scale: {}", scale::batching_label(options.batched.then_some(options.workers_per_proxy)));
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
     // Built with canary-bench (same package), so it sits next to it.
     let floor = std::env::current_exe().context("locating canary-bench")?.with_file_name("bench-scale-floor");

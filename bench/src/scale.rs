@@ -12,8 +12,8 @@
 //! [`driver`]).
 //!
 //! Phases, each on a fresh analyzer with its own state directory:
-//! 1. **At 1 Hz**, for each proxy count (default 1,000, 4,000 and 10,000 ×
-//!    4 workers): the analyzer's idle RSS and CPU, a ramp that connects every
+//! 1. **At 1 Hz**, for each proxy count (default 1,000, 2,000, 4,000 and
+//!    10,000 × 4 workers): the analyzer's idle RSS and CPU, a ramp that connects every
 //!    worker with its phase spread over the interval, a warm-up, then a
 //!    measured window: reports/s, ingest latency, analyzer CPU (per report
 //!    and utilisation, from schedstat), RSS, bytes written to storage and the
@@ -36,6 +36,17 @@
 //! 4. **Memory**: a least-squares line through the idle RSS (0 workers) and
 //!    the RSS at each size; its slope is the bytes per worker (worker table
 //!    entry, connection and buffers), its R² and residuals say how linear.
+//!
+//! **Batched** (`--batched`): each simulated proxy is one connection whose
+//! workers (each its own worker id and seq) send their reports together, one
+//! batch per exchange to `POST /v1/filter/sync-batch`, as protocol v2's
+//! per-Envoy reporter will; the floor then answers on its batch path. The
+//! connection count is the proxy count, so the default sizes are 1,000,
+//! 4,000 and 10,000 proxies × 4 (40,000 workers fit where the per-worker
+//! mode's 40,000 connections do not). The target is stated per worker
+//! report, so every rate and verdict still counts worker reports, with HTTP
+//! exchanges per second and per core-second next to them, and every text
+//! of a batched run says it is batched.
 
 #[path = "scale_driver.rs"]
 pub mod driver;
@@ -50,6 +61,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use canary_protocol::LatencyHistogram;
+use canary_protocol::batch::MAX_BATCH_REPORTS;
 use canary_tests::envoy::prometheus_value;
 use serde::Serialize;
 
@@ -61,6 +73,8 @@ use crate::report::{Bound, Verdict, progress, progress_done};
 use crate::results::RunContext;
 
 const BENCHMARK: &str = "scale";
+/// [`ScaleResult::schema_version`].
+pub const SCHEMA_VERSION: u32 = 3;
 /// The analyzer's core, and this benchmark's.
 pub const ANALYZER_CPU: usize = 0;
 pub const DRIVER_CPU: usize = 1;
@@ -120,11 +134,19 @@ pub struct ScaleOptions {
     pub saturation_repeats: usize,
     /// Measure the HTTP floor server at the analyzer's best saturation step.
     pub floor: bool,
+    /// Each proxy one connection whose workers' reports go together as one
+    /// batch per exchange to `POST /v1/filter/sync-batch` (see [`driver`]),
+    /// rather than each worker its own connection and one report per
+    /// exchange to `POST /v1/filter/sync`.
+    pub batched: bool,
     pub smoke: bool,
 }
 
 impl ScaleOptions {
     pub const DEFAULT_PROXIES: [usize; 4] = [1_000, 2_000, 4_000, 10_000];
+    /// Batched, a proxy is one connection, so 10,000 proxies × 4 workers
+    /// (the issue's size) fits under an open-files limit of ~19k.
+    pub const DEFAULT_BATCHED_PROXIES: [usize; 3] = [1_000, 4_000, 10_000];
     pub const DEFAULT_WORKERS_PER_PROXY: usize = 4;
     pub const DEFAULT_REPORT_INTERVAL_MS: u32 = 1_000;
     pub const DEFAULT_WARM_UP_S: f64 = 5.0;
@@ -145,8 +167,17 @@ impl ScaleOptions {
     pub const SMOKE_SATURATION_WINDOW_S: f64 = 0.5;
     pub const SMOKE_SATURATION_REPEATS: usize = 1;
 
-    /// The full run's settings, or the smoke preset.
-    pub fn preset(smoke: bool) -> Self {
+    /// The full run's settings, or the smoke preset, per worker or batched.
+    pub fn preset(smoke: bool, batched: bool) -> Self {
+        let preset = Self::preset_per_worker(smoke);
+        if batched && !smoke {
+            Self { proxies: Self::DEFAULT_BATCHED_PROXIES.to_vec(), batched, ..preset }
+        } else {
+            Self { batched, ..preset }
+        }
+    }
+
+    fn preset_per_worker(smoke: bool) -> Self {
         if smoke {
             Self {
                 proxies: Self::SMOKE_PROXIES.to_vec(),
@@ -162,6 +193,7 @@ impl ScaleOptions {
                 saturation_hold_ms: 0,
                 pin: true,
                 floor: true,
+                batched: false,
                 smoke,
             }
         } else {
@@ -179,6 +211,7 @@ impl ScaleOptions {
                 saturation_hold_ms: 0,
                 pin: true,
                 floor: true,
+                batched: false,
                 smoke,
             }
         }
@@ -186,6 +219,10 @@ impl ScaleOptions {
 
     fn validate(&self) -> anyhow::Result<()> {
         ensure!(self.workers_per_proxy > 0, "--workers-per-proxy must be at least 1");
+        ensure!(
+            !self.batched || self.workers_per_proxy <= MAX_BATCH_REPORTS,
+            "--batched takes at most {MAX_BATCH_REPORTS} workers per proxy (one batch's reports)"
+        );
         ensure!(self.proxies.iter().all(|&proxies| proxies > 0), "--proxies values must be at least 1");
         ensure!(self.report_interval_ms >= 1, "--report-interval-ms must be positive");
         for (name, seconds) in [
@@ -202,13 +239,59 @@ impl ScaleOptions {
         Ok(())
     }
 
-    fn max_workers(&self) -> usize {
-        let at_rate = self.proxies.iter().max().map_or(0, |proxies| proxies * self.workers_per_proxy);
-        let saturation = self.saturation_workers.iter().max().map_or(0, |workers| {
-            // Saturation workers come in whole proxies.
-            workers.div_ceil(self.workers_per_proxy) * self.workers_per_proxy
-        });
+    /// Connections (sync loops) `proxies` proxies want: one per worker, or
+    /// one per proxy when batched.
+    pub fn connections_for(&self, proxies: usize) -> usize {
+        if self.batched { proxies } else { proxies * self.workers_per_proxy }
+    }
+
+    /// The most connections any phase wants: what the open-files limit must
+    /// allow on each side. Saturation steps count workers, in whole proxies.
+    pub fn max_connections(&self) -> usize {
+        let at_rate = self.proxies.iter().max().map_or(0, |&proxies| self.connections_for(proxies));
+        let saturation = self
+            .saturation_workers
+            .iter()
+            .max()
+            .map_or(0, |workers| self.connections_for(workers.div_ceil(self.workers_per_proxy)));
         at_rate.max(saturation)
+    }
+
+    /// How `proxies` proxies at the report interval use connections under a
+    /// budget of `connection_budget`: each sync loop (worker, or proxy when
+    /// batched) its own connection and the interval as its hold, or, past
+    /// the budget, the budget's connections shared with no hold.
+    pub fn size_plan(&self, proxies: usize, connection_budget: usize) -> SizePlan {
+        let wanted = self.connections_for(proxies);
+        if wanted <= connection_budget {
+            let mode = if self.batched { ConnectionMode::PerProxy } else { ConnectionMode::PerWorker };
+            SizePlan { connection_mode: mode, connections: wanted, max_hold_ms: self.report_interval_ms }
+        } else {
+            SizePlan { connection_mode: ConnectionMode::Shared, connections: connection_budget, max_hold_ms: 0 }
+        }
+    }
+
+    /// Worker reports per exchange when batched, for the texts.
+    fn batching(&self) -> Option<usize> {
+        self.batched.then_some(self.workers_per_proxy)
+    }
+}
+
+/// What [`ScaleOptions::size_plan`] decided for one size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizePlan {
+    pub connection_mode: ConnectionMode,
+    pub connections: usize,
+    pub max_hold_ms: u32,
+}
+
+/// How a run's texts name its batching: `batched: 4 worker reports per
+/// exchange (POST /v1/filter/sync-batch)`, or the per-worker path.
+pub fn batching_label(batching: Option<usize>) -> String {
+    match batching {
+        Some(1) => format!("batched: 1 worker report per exchange (POST {})", driver::SYNC_BATCH_PATH),
+        Some(reports) => format!("batched: {reports} worker reports per exchange (POST {})", driver::SYNC_BATCH_PATH),
+        None => format!("per worker: 1 worker report per exchange (POST {})", driver::SYNC_PATH),
     }
 }
 
@@ -217,7 +300,8 @@ impl ScaleOptions {
 #[derive(Debug, clap::Args)]
 pub struct ScaleArgs {
     /// Proxy counts measured at the report interval, one fresh analyzer each
-    /// [default: 1000,4000,10000; smoke: 10].
+    /// [default: 1000,2000,4000,10000; with --batched: 1000,4000,10000;
+    /// smoke: 10].
     #[arg(long, value_delimiter = ',')]
     pub proxies: Option<Vec<usize>>,
     /// Simulated filter workers (Envoy worker VMs) per proxy [default: 4].
@@ -236,8 +320,9 @@ pub struct ScaleArgs {
     /// `GET /v1/rollout` calls timed at each size [default: 10; smoke: 3].
     #[arg(long)]
     pub rollout_gets: Option<usize>,
-    /// Ack-paced workers of each saturation step
-    /// [default: 64,256,1024,4096,8192,16384; smoke: 8,40].
+    /// Ack-paced workers of each saturation step, in whole proxies; with
+    /// --batched still workers, on workers / workers-per-proxy (rounded up)
+    /// connections [default: 64,256,1024,4096,8192,16384; smoke: 8,40].
     #[arg(long, value_delimiter = ',')]
     pub saturation_workers: Option<Vec<usize>>,
     /// Skip the saturation sweep.
@@ -254,8 +339,9 @@ pub struct ScaleArgs {
     /// HTTP floor; the verdict takes the median [default: 5; smoke: 1].
     #[arg(long)]
     pub saturation_repeats: Option<usize>,
-    /// `max_hold_ms` of the saturation workers: 0 answers as soon as the
-    /// report is durable, 100 is the filter's smallest interval [default: 0].
+    /// `max_hold_ms` of the saturation workers (with --batched, of their
+    /// batches): 0 answers as soon as the report is durable, 100 is the
+    /// filter's smallest interval [default: 0].
     #[arg(long)]
     pub saturation_hold_ms: Option<u32>,
     /// Do not pin the analyzer to core 0 and the workers to core 1.
@@ -264,6 +350,14 @@ pub struct ScaleArgs {
     /// Skip the HTTP floor (`bench-scale-floor` at the best saturation step).
     #[arg(long)]
     pub no_floor: bool,
+    /// Batch each proxy's reports: one connection per proxy, its workers'
+    /// reports (each worker its own id and seq) together in one batch per
+    /// exchange to `POST /v1/filter/sync-batch`, hold = the report interval
+    /// (saturation: --saturation-hold-ms), as protocol v2's per-Envoy
+    /// reporter will. Results still count worker reports, and HTTP exchanges
+    /// next to them; the floor runs its batch path.
+    #[arg(long)]
+    pub batched: bool,
     /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;
     /// smoke: under the target directory, so it never overwrites a result].
     #[arg(long)]
@@ -275,7 +369,7 @@ pub struct ScaleArgs {
 
 impl ScaleArgs {
     pub fn options(&self) -> ScaleOptions {
-        let preset = ScaleOptions::preset(self.smoke);
+        let preset = ScaleOptions::preset(self.smoke, self.batched);
         ScaleOptions {
             proxies: self.proxies.clone().unwrap_or(preset.proxies),
             workers_per_proxy: self.workers_per_proxy.unwrap_or(preset.workers_per_proxy),
@@ -294,6 +388,7 @@ impl ScaleArgs {
             saturation_hold_ms: self.saturation_hold_ms.unwrap_or(preset.saturation_hold_ms),
             pin: !self.no_pin,
             floor: !self.no_floor,
+            batched: self.batched,
             smoke: self.smoke,
         }
     }
@@ -324,7 +419,8 @@ pub struct Setup {
     pub driver_cpus_allowed: Option<String>,
     pub open_files: OpenFilesLimit,
     /// Connections the driver may open: the open-files limit less a margin.
-    /// The analyzer inherits the same limit, so it bounds both sides.
+    /// The analyzer inherits the same limit, so it bounds both sides. It
+    /// counts connections: workers, or proxies when batched.
     pub connection_budget: usize,
     pub source_ips: Vec<String>,
 }
@@ -336,10 +432,15 @@ pub enum ConnectionMode {
     /// As the filter: one keep-alive connection per worker, long-poll held
     /// for `max_hold_ms` = the report interval.
     PerWorker,
-    /// More workers than the connection budget: they share the budget's
-    /// connections, with `max_hold_ms` 0 and the 1 Hz pace kept by the
-    /// driver. The worker table and the report rate are the real ones; the
-    /// analyzer holds fewer connections and no long-poll timers.
+    /// Batched: one keep-alive connection per proxy carrying its workers'
+    /// reports as one batch, long-poll held for `max_hold_ms` = the report
+    /// interval.
+    PerProxy,
+    /// More workers (batched: proxies) than the connection budget: they
+    /// share the budget's connections, with `max_hold_ms` 0 and the 1 Hz
+    /// pace kept by the driver. The worker table and the report rate are the
+    /// real ones; the analyzer holds fewer connections and no long-poll
+    /// timers.
     Shared,
 }
 
@@ -347,7 +448,14 @@ pub enum ConnectionMode {
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleResult {
     pub benchmark: &'static str,
-    /// Bumped when the meaning of a field changes.
+    /// Bumped when the meaning of a field changes: 2, `floor` became
+    /// `repeats`; 3, `--batched` (`settings.batched`, `connection_mode`
+    /// `per_proxy`) and the exchange counts next to the worker-report ones
+    /// (`exchanges_acked`, `exchanges_per_second`, `exchanges_per_core_second`,
+    /// `cpu_us_per_exchange`, `expected_exchanges_per_second`,
+    /// `connections` of a saturation step, the repeats'
+    /// `*_exchanges_per_core`); `reports_*` count worker reports in both
+    /// modes, and the latency histograms one sample per exchange.
     pub schema_version: u32,
     #[serde(flatten)]
     pub context: RunContext,
@@ -378,19 +486,25 @@ pub struct IdleReading {
 pub struct SizeRun {
     pub proxies: usize,
     pub workers: usize,
+    /// Each proxy's workers reported in one batch per exchange.
+    pub batched: bool,
     pub idle: IdleReading,
     pub connection_mode: ConnectionMode,
-    /// Connections the workers could use (workers, or the budget).
+    /// Connections the workers could use (workers, proxies when batched, or
+    /// the budget).
     pub connections: usize,
-    /// `max_hold_ms` in the workers' reports.
+    /// `max_hold_ms` in the workers' reports (batched: of the batches).
     pub max_hold_ms: u32,
     /// From the first connection to every worker's first acknowledged sync.
     pub ramp_ms: f64,
     pub workers_synced: u64,
     /// Workers at the report interval would send this many per second if
     /// every ack were instant; the hold plus the ingest latency make a
-    /// worker's period a little longer.
+    /// worker's period a little longer. Worker reports.
     pub expected_reports_per_second: f64,
+    /// The same for HTTP exchanges: one per worker report, or one per proxy
+    /// and interval when batched.
+    pub expected_exchanges_per_second: f64,
     pub window: WindowSummary,
     pub rollout_get: RolloutGets,
     pub load_average_before: Option<[f64; 3]>,
@@ -402,15 +516,22 @@ pub struct SizeRun {
 pub struct WindowSummary {
     pub window_ms: f64,
     pub workers: usize,
-    /// Syncs acknowledged in the window.
+    /// Worker reports acknowledged in the window.
     pub reports_acked: u64,
     pub reports_per_second: f64,
-    /// Of the acknowledged syncs, those held the whole `max_hold_ms`.
+    /// HTTP exchanges acknowledged in the window: the same as the reports
+    /// per worker, one per batch when batched.
+    pub exchanges_acked: u64,
+    pub exchanges_per_second: f64,
+    /// Of the acknowledged worker reports, those held the whole
+    /// `max_hold_ms`.
     pub held_acks: u64,
-    /// Send to acknowledgement, less the hold (see the driver's docs).
+    /// Send to acknowledgement, less the hold (see the driver's docs), one
+    /// sample per exchange.
     pub ingest_ms: Option<LatencySummary>,
     /// Send to answer, hold included: what the worker waits.
     pub round_trip_ms: Option<LatencySummary>,
+    /// Failed exchanges by kind.
     pub failures: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     /// Connections open at the end of the window.
@@ -427,10 +548,14 @@ pub struct WindowSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct AnalyzerWindow {
     pub cpu: CpuDelta,
+    /// Per worker report.
     pub cpu_us_per_report: Option<f64>,
-    /// Reports per second one analyzer core would take at this cost:
+    /// Worker reports per second one analyzer core would take at this cost:
     /// `reports_per_second / utilisation`.
     pub reports_per_core_second: Option<f64>,
+    /// The same per HTTP exchange.
+    pub cpu_us_per_exchange: Option<f64>,
+    pub exchanges_per_core_second: Option<f64>,
     pub rss_bytes: Option<u64>,
     pub peak_rss_bytes: Option<u64>,
     /// `state.json` at the end of the window: the periodic snapshot. Group
@@ -501,13 +626,21 @@ pub struct SaturationRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct SaturationStep {
     pub workers: usize,
+    /// Sync loops, each with its own connection while the budget allows:
+    /// the workers, or the proxies when batched.
+    pub connections: usize,
     pub workers_synced: u64,
     pub window: WindowSummary,
 }
 
 impl SaturationStep {
+    /// Worker reports per core-second.
     fn per_core(&self) -> Option<f64> {
         self.window.analyzer.reports_per_core_second.filter(|rate| *rate > 0.0)
+    }
+
+    fn exchanges_per_core(&self) -> Option<f64> {
+        self.window.analyzer.exchanges_per_core_second.filter(|rate| *rate > 0.0)
     }
 }
 
@@ -519,21 +652,30 @@ impl SaturationStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct Repeats {
     pub workers: usize,
+    /// The step's connections (its sync loops).
+    pub connections: usize,
     /// In the order measured; the first is the sweep's best step.
     pub analyzer: Vec<SaturationStep>,
     /// `floor[i]` ran right after `analyzer[i]`; empty with `--no-floor`.
     pub floor: Vec<SaturationStep>,
+    /// Worker reports per core-second.
     pub analyzer_per_core: Option<Spread>,
     pub floor_per_core: Option<Spread>,
-    /// The analyzer's CPU per report over the floor's, pair by pair.
+    /// HTTP exchanges per core-second.
+    pub analyzer_exchanges_per_core: Option<Spread>,
+    pub floor_exchanges_per_core: Option<Spread>,
+    /// The analyzer's CPU per worker report over the floor's, pair by pair.
     pub cpu_ratio: Option<Spread>,
-    /// The analyzer's CPU per report less the floor's, pair by pair.
+    /// The analyzer's CPU per worker report less the floor's, pair by pair.
     pub own_us: Option<Spread>,
 }
 
 impl Repeats {
-    pub fn summarize(workers: usize, analyzer: Vec<SaturationStep>, floor: Vec<SaturationStep>) -> Repeats {
+    pub fn summarize(analyzer: Vec<SaturationStep>, floor: Vec<SaturationStep>) -> Repeats {
+        let (workers, connections) = analyzer.first().map_or((0, 0), |step| (step.workers, step.connections));
         let rates = |steps: &[SaturationStep]| steps.iter().filter_map(SaturationStep::per_core).collect::<Vec<_>>();
+        let exchange_rates =
+            |steps: &[SaturationStep]| steps.iter().filter_map(SaturationStep::exchanges_per_core).collect::<Vec<_>>();
         let pairs: Vec<(f64, f64)> = analyzer
             .iter()
             .zip(&floor)
@@ -543,8 +685,11 @@ impl Repeats {
         let own: Vec<f64> = pairs.iter().map(|(analyzer_us, floor_us)| analyzer_us - floor_us).collect();
         Repeats {
             workers,
+            connections,
             analyzer_per_core: Spread::of(&rates(&analyzer)),
             floor_per_core: Spread::of(&rates(&floor)),
+            analyzer_exchanges_per_core: Spread::of(&exchange_rates(&analyzer)),
+            floor_exchanges_per_core: Spread::of(&exchange_rates(&floor)),
             cpu_ratio: Spread::of(&ratios),
             own_us: Spread::of(&own),
             analyzer,
@@ -653,9 +798,11 @@ fn run_on_this_thread(
     binaries: ScaleBinaries,
     context: RunContext,
 ) -> anyhow::Result<ScaleResult> {
-    let open_files = proc::raise_open_files_limit(options.max_workers() as u64 + OPEN_FILES_MARGIN)?;
+    // Batched, a proxy is one connection on each side, however many workers
+    // it has.
+    let open_files = proc::raise_open_files_limit(options.max_connections() as u64 + OPEN_FILES_MARGIN)?;
     let setup = setup(&options, open_files);
-    if setup.connection_budget < options.max_workers() {
+    if setup.connection_budget < options.max_connections() {
         eprintln!(
             "scale: the open-files limit is {} (hard {}, not raisable here), so at most {} connections; larger sizes \
              share them (see the results' connection_mode)",
@@ -726,11 +873,11 @@ async fn measure(
     };
     let idle = sizes.first().map(|size| size.idle.clone());
     let memory_fit = memory_fit(&sizes);
-    let verdicts = verdicts(repeats.as_ref(), memory_fit.as_ref());
+    let verdicts = verdicts(repeats.as_ref(), memory_fit.as_ref(), options.batching());
     Ok(ScaleResult {
         benchmark: BENCHMARK,
-        // 2: `floor` became `repeats`.
-        schema_version: 2,
+        // See the field's docs.
+        schema_version: SCHEMA_VERSION,
         context,
         settings: Settings {
             options,
@@ -763,7 +910,6 @@ async fn measure_repeats(
 ) -> anyhow::Result<Repeats> {
     let one_step = ScaleOptions { saturation_workers: vec![best.workers], ..options.clone() };
     let rounds = options.saturation_repeats;
-    let workers = best.workers;
     let mut analyzer = vec![best];
     let mut floor = Vec::new();
     for round in 1..=rounds {
@@ -778,7 +924,7 @@ async fn measure_repeats(
             floor.push(measure_one_step(&one_step, &binaries.floor, &dir, setup, &name).await?);
         }
     }
-    Ok(Repeats::summarize(workers, analyzer, floor))
+    Ok(Repeats::summarize(analyzer, floor))
 }
 
 async fn measure_one_step(
@@ -799,8 +945,9 @@ fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix("canary-scale-").tempdir().context("creating a temporary directory")
 }
 
-/// The RSS fit over idle and every size with a connection per worker; the
-/// idle point is the median of the fresh analyzers' idle readings.
+/// The RSS fit over idle and every size with a connection per worker (per
+/// proxy when batched: one run is one mode); the idle point is the median of
+/// the fresh analyzers' idle readings.
 fn memory_fit(sizes: &[SizeRun]) -> Option<LinearFit> {
     let mut idle: Vec<f64> = sizes.iter().filter_map(|size| size.idle.rss_bytes).map(|rss| rss as f64).collect();
     idle.sort_by(f64::total_cmp);
@@ -808,13 +955,16 @@ fn memory_fit(sizes: &[SizeRun]) -> Option<LinearFit> {
     points.extend(
         sizes
             .iter()
-            .filter(|size| size.connection_mode == ConnectionMode::PerWorker)
+            .filter(|size| size.connection_mode != ConnectionMode::Shared)
             .filter_map(|size| Some((size.window.workers as f64, size.window.analyzer.rss_bytes? as f64))),
     );
     least_squares(&points)
 }
 
-fn verdicts(repeats: Option<&Repeats>, memory_fit: Option<&LinearFit>) -> Vec<Verdict> {
+/// The verdicts of a run; `batching` is the worker reports per exchange of a
+/// batched run, which the throughput verdict names so that it is never
+/// mistaken for the per-worker path.
+fn verdicts(repeats: Option<&Repeats>, memory_fit: Option<&LinearFit>, batching: Option<usize>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     if let Some(repeats) = repeats
         && let Some(per_core) = repeats.analyzer_per_core
@@ -822,20 +972,28 @@ fn verdicts(repeats: Option<&Repeats>, memory_fit: Option<&LinearFit>) -> Vec<Ve
         let utilisation: Vec<f64> = repeats.analyzer.iter().map(|step| step.window.analyzer.cpu.utilisation).collect();
         let lowest = utilisation.iter().copied().fold(f64::INFINITY, f64::min);
         let highest = utilisation.iter().copied().fold(0.0, f64::max);
-        let runs = match per_core.count {
-            1 => format!("{} workers", repeats.workers),
-            count => format!("{} workers, median of {count} runs", repeats.workers),
+        let mut runs = match batching {
+            Some(_) => format!("{} workers on {} connections", repeats.workers, repeats.connections),
+            None => format!("{} workers", repeats.workers),
+        };
+        if per_core.count > 1 {
+            let _ = write!(runs, ", median of {} runs", per_core.count);
+        }
+        if batching.is_some()
+            && let Some(exchanges) = repeats.analyzer_exchanges_per_core
+        {
+            let _ = write!(runs, "; {:.0} exchanges per core-second", exchanges.median);
+        }
+        let what = match batching {
+            Some(_) => format!("worker reports per second on one analyzer core, {}", batching_label(batching)),
+            None => "reports per second on one analyzer core".to_owned(),
         };
         let quantity = if lowest >= SATURATED_UTILISATION {
-            format!("reports per second on one analyzer core ({runs})")
+            format!("{what} ({runs})")
         } else if (lowest * 100.0).round() == (highest * 100.0).round() {
-            format!("reports per second on one analyzer core, extrapolated from {:.0}% CPU ({runs})", lowest * 100.0)
+            format!("{what}, extrapolated from {:.0}% CPU ({runs})", lowest * 100.0)
         } else {
-            format!(
-                "reports per second on one analyzer core, extrapolated from {:.0}–{:.0}% CPU ({runs})",
-                lowest * 100.0,
-                highest * 100.0
-            )
+            format!("{what}, extrapolated from {:.0}–{:.0}% CPU ({runs})", lowest * 100.0, highest * 100.0)
         };
         let verdict = Verdict::new(
             BENCHMARK,
@@ -876,16 +1034,15 @@ async fn measure_size(
     proxies: usize,
 ) -> anyhow::Result<SizeRun> {
     let workers = proxies * options.workers_per_proxy;
-    let (connection_mode, connections, max_hold_ms) = if workers <= setup.connection_budget {
-        (ConnectionMode::PerWorker, workers, options.report_interval_ms)
-    } else {
-        (ConnectionMode::Shared, setup.connection_budget, 0)
-    };
+    let SizePlan { connection_mode, connections, max_hold_ms } = options.size_plan(proxies, setup.connection_budget);
     let label = match connection_mode {
         ConnectionMode::PerWorker => format!("{proxies}×{} workers", options.workers_per_proxy),
-        ConnectionMode::Shared => {
-            format!("{proxies}×{} workers on {connections} connections", options.workers_per_proxy)
-        }
+        ConnectionMode::PerProxy => format!("{proxies}×{} workers batched", options.workers_per_proxy),
+        ConnectionMode::Shared => format!(
+            "{proxies}×{} workers{} on {connections} connections",
+            options.workers_per_proxy,
+            if options.batched { " batched" } else { "" }
+        ),
     };
     progress(BENCHMARK, &format!("{label}: starting the analyzer"));
     let mut analyzer = AnalyzerProcess::start(binary, dir, FILTER_TOKEN, setup.analyzer_cpu).await?;
@@ -895,8 +1052,11 @@ async fn measure_size(
     let load_average_before = machine::load_average();
 
     let interval = Duration::from_millis(u64::from(options.report_interval_ms));
-    // A whole number of intervals, at most RAMP_CONNECTS_PER_SECOND.
-    let ramp = interval.mul_f64((workers as f64 / RAMP_CONNECTS_PER_SECOND / interval.as_secs_f64()).ceil().max(1.0));
+    // A whole number of intervals, at most RAMP_CONNECTS_PER_SECOND sync
+    // loops (each its connection) started per second.
+    let sync_loops = options.connections_for(proxies);
+    let ramp =
+        interval.mul_f64((sync_loops as f64 / RAMP_CONNECTS_PER_SECOND / interval.as_secs_f64()).ceil().max(1.0));
     let warm_up = Duration::from_secs_f64(options.warm_up_s);
     let window = Duration::from_secs_f64(options.window_s);
     let bound = ramp + RAMP_PATIENCE + warm_up + window + ROLLOUT_GETS_BOUND + Duration::from_secs(10);
@@ -908,10 +1068,11 @@ async fn measure_size(
             report_interval: interval,
             max_hold_ms,
             connections,
+            batched: options.batched,
         },
         started + bound,
     );
-    driver.spawn(driver::fleet(0, proxies, options.workers_per_proxy, started, ramp));
+    driver.spawn_fleet(0, proxies, options.workers_per_proxy, started, ramp);
     let ramp_ms = wait_for_ramp(&driver, &mut analyzer, &label, started + ramp + RAMP_PATIENCE).await?;
     let workers_synced = driver.synced_workers();
     hold_with_progress(&driver, &label, "warm-up", warm_up).await;
@@ -925,6 +1086,7 @@ async fn measure_size(
     Ok(SizeRun {
         proxies,
         workers,
+        batched: options.batched,
         idle,
         connection_mode,
         connections,
@@ -932,6 +1094,7 @@ async fn measure_size(
         ramp_ms,
         workers_synced,
         expected_reports_per_second: workers as f64 / interval.as_secs_f64(),
+        expected_exchanges_per_second: sync_loops as f64 / interval.as_secs_f64(),
         window,
         rollout_get,
         load_average_before,
@@ -960,8 +1123,9 @@ async fn measure_saturation(
             token: FILTER_TOKEN.to_owned(),
             report_interval: Duration::ZERO,
             max_hold_ms: options.saturation_hold_ms,
-            // Ack-paced workers each keep one busy while the budget allows.
-            connections: options.max_workers().min(setup.connection_budget),
+            // Ack-paced sync loops each keep one busy while the budget allows.
+            connections: options.max_connections().min(setup.connection_budget),
+            batched: options.batched,
         },
         Instant::now() + bound,
     );
@@ -976,13 +1140,7 @@ async fn measure_saturation(
         let label =
             format!("{name} {} workers (server pid {})", target_proxies * options.workers_per_proxy, analyzer.pid());
         let started = Instant::now();
-        driver.spawn(driver::fleet(
-            proxies,
-            target_proxies - proxies,
-            options.workers_per_proxy,
-            started,
-            SATURATION_RAMP,
-        ));
+        driver.spawn_fleet(proxies, target_proxies - proxies, options.workers_per_proxy, started, SATURATION_RAMP);
         proxies = target_proxies;
         wait_for_ramp(&driver, &mut analyzer, &label, started + SATURATION_RAMP + RAMP_PATIENCE).await?;
         let workers_synced = driver.synced_workers();
@@ -993,12 +1151,19 @@ async fn measure_saturation(
         let previous = steps.last().map(|step| step.window.reports_per_second);
         progress_done();
         eprintln!(
-            "  {name} {} workers: {rate:.0} reports/s, server {:.0}% CPU, ingest p99 {}",
+            "  {name} {} workers{}: {rate:.0} reports/s, {:.0} exchanges/s, server {:.0}% CPU, ingest p99 {}",
             driver.workers(),
+            if options.batched { format!(" on {} connections, batched", driver.sync_loops()) } else { String::new() },
+            window.exchanges_per_second,
             window.analyzer.cpu.utilisation * 100.0,
             window.ingest_ms.map_or_else(|| "–".to_owned(), |q| format!("{:.1} ms", q.p99)),
         );
-        steps.push(SaturationStep { workers: driver.workers(), workers_synced, window });
+        steps.push(SaturationStep {
+            workers: driver.workers(),
+            connections: driver.sync_loops(),
+            workers_synced,
+            window,
+        });
         if previous.is_some_and(|previous| rate < previous * SATURATION_GROWTH) {
             stopped_growing = true;
             break;
@@ -1107,7 +1272,9 @@ fn summarize_window(
     let (workers, connections_open) = (driver.workers(), driver.connected());
     let window_s = stats.map_or(cpu.wall_ms / 1_000.0, |stats| stats.duration().as_secs_f64());
     let acks = stats.map_or(0, |stats| stats.acks);
-    let reports_per_second = if window_s > 0.0 { acks as f64 / window_s } else { 0.0 };
+    let exchanges = stats.map_or(0, |stats| stats.exchanges);
+    let per_second = |count: u64| if window_s > 0.0 { count as f64 / window_s } else { 0.0 };
+    let (reports_per_second, exchanges_per_second) = (per_second(acks), per_second(exchanges));
     let storage_write_bytes_per_second = after
         .storage_write_bytes
         .zip(before.storage_write_bytes)
@@ -1117,6 +1284,8 @@ fn summarize_window(
         workers,
         reports_acked: acks,
         reports_per_second,
+        exchanges_acked: exchanges,
+        exchanges_per_second,
         held_acks: stats.map_or(0, |stats| stats.held_acks),
         ingest_ms: stats.and_then(|stats| LatencySummary::of(&stats.ingest_us)),
         round_trip_ms: stats.and_then(|stats| LatencySummary::of(&stats.round_trip_us)),
@@ -1130,6 +1299,9 @@ fn summarize_window(
         analyzer: AnalyzerWindow {
             cpu_us_per_report: (acks > 0).then(|| cpu.cpu_ms * 1_000.0 / acks as f64),
             reports_per_core_second: (cpu.utilisation > 0.0 && acks > 0).then(|| reports_per_second / cpu.utilisation),
+            cpu_us_per_exchange: (exchanges > 0).then(|| cpu.cpu_ms * 1_000.0 / exchanges as f64),
+            exchanges_per_core_second: (cpu.utilisation > 0.0 && exchanges > 0)
+                .then(|| exchanges_per_second / cpu.utilisation),
             rss_bytes: after.rss_bytes,
             peak_rss_bytes: after.peak_rss_bytes,
             state_file_bytes,
@@ -1214,15 +1386,13 @@ fn json_number_after(body: &[u8], key: &[u8]) -> Option<u64> {
 fn size_line(size: &SizeRun) -> String {
     let window = &size.window;
     format!(
-        "{} workers{}: {:.0} reports/s (of {:.0}), ingest p50 {} p99 {}, analyzer {:.0}% CPU, {} µs/report, RSS {}, \
-         GET /v1/rollout p50 {}",
+        "{} workers{}: {:.0} reports/s (of {:.0}), {:.0} exchanges/s, ingest p50 {} p99 {}, analyzer {:.0}% CPU, {} \
+         µs/report, RSS {}, GET /v1/rollout p50 {}",
         size.workers,
-        match size.connection_mode {
-            ConnectionMode::PerWorker => String::new(),
-            ConnectionMode::Shared => format!(" on {} shared connections, no hold", size.connections),
-        },
+        connections_note(size),
         window.reports_per_second,
         size.expected_reports_per_second,
+        window.exchanges_per_second,
         ms_cell(window.ingest_ms.map(|q| q.p50)),
         ms_cell(window.ingest_ms.map(|q| q.p99)),
         window.analyzer.cpu.utilisation * 100.0,
@@ -1230,6 +1400,20 @@ fn size_line(size: &SizeRun) -> String {
         mib_cell(window.analyzer.rss_bytes),
         ms_cell(size.rollout_get.p50_ms),
     )
+}
+
+/// How a size's workers reached the analyzer, for its row: nothing for one
+/// connection per worker.
+fn connections_note(size: &SizeRun) -> String {
+    match size.connection_mode {
+        ConnectionMode::PerWorker => String::new(),
+        ConnectionMode::PerProxy => format!(" batched on {} connections", size.connections),
+        ConnectionMode::Shared => format!(
+            "{} on {} shared connections, no hold",
+            if size.batched { " batched" } else { "" },
+            size.connections
+        ),
+    }
 }
 
 /// Run-queue wait over wall time, in percent: how long the analyzer's
@@ -1289,10 +1473,15 @@ pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
     }
     series.retain(|series| !series.points.is_empty());
     let path = dir.join("scale-throughput.svg");
+    let title = if result.settings.options.batched {
+        format!("Analyzer ingest, batched ({} worker reports per exchange)", result.settings.options.workers_per_proxy)
+    } else {
+        "Analyzer ingest: reports/s against simulated filter workers".to_owned()
+    };
     crate::plots::LineChart {
-        title: "Analyzer ingest: reports/s against simulated filter workers",
+        title: &title,
         x_label: "filter workers (proxies × workers per proxy)",
-        y_label: "reports per second",
+        y_label: "worker reports per second",
         x_scale: crate::plots::XScale::Log10,
         series: &series,
         vertical_markers: &[],
@@ -1308,30 +1497,31 @@ pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
 
 pub fn sizes_table(sizes: &[SizeRun]) -> String {
     let mut out = String::from(
-        "| proxies × workers | reports/s (expected) | ingest p50 ms | p99 | max | analyzer CPU | waited for CPU \
-         | µs/report | RSS | snapshot | storage MB/s | GET /v1/rollout p50 ms | max \
-         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| proxies × workers | reports/s (expected) | exchanges/s (expected) | ingest p50 ms | p99 | max | analyzer CPU \
+         | waited for CPU | µs/report | µs/exchange | RSS | snapshot | storage MB/s | GET /v1/rollout p50 ms | max \
+         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in sizes {
         let window = &size.window;
         let analyzer = &window.analyzer;
         let _ = writeln!(
             out,
-            "| {} × {}{} | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} × {}{} | {:.0} ({:.0}) | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} \
+             | {} | {} |",
             size.proxies,
             size.workers / size.proxies.max(1),
-            match size.connection_mode {
-                ConnectionMode::PerWorker => String::new(),
-                ConnectionMode::Shared => format!(" (on {} shared connections, no hold)", size.connections),
-            },
+            connections_note(size),
             window.reports_per_second,
             size.expected_reports_per_second,
+            window.exchanges_per_second,
+            size.expected_exchanges_per_second,
             number_cell(window.ingest_ms.map(|q| q.p50), 2),
             number_cell(window.ingest_ms.map(|q| q.p99), 2),
             number_cell(window.ingest_ms.map(|q| q.max), 1),
             analyzer.cpu.utilisation * 100.0,
             waited_percent(&analyzer.cpu),
             number_cell(analyzer.cpu_us_per_report, 1),
+            number_cell(analyzer.cpu_us_per_exchange, 1),
             mib_cell(analyzer.rss_bytes),
             analyzer
                 .state_file_bytes
@@ -1348,21 +1538,25 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
 /// The saturation sweep's table.
 pub fn saturation_table(run: &SaturationRun) -> String {
     let mut out = String::from(
-        "| workers | reports/s | analyzer CPU | waited for CPU | reports per core-second | µs/report | ingest p50 ms \
-         | p99 | driver CPU | RSS | snapshot | failed syncs |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| workers | connections | reports/s | exchanges/s | analyzer CPU | waited for CPU | reports per core-second \
+         | exchanges per core-second | µs/report | ingest p50 ms | p99 | driver CPU | RSS | snapshot | failed syncs \
+         |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (index, step) in run.steps.iter().enumerate() {
         let window = &step.window;
         let analyzer = &window.analyzer;
         let _ = writeln!(
             out,
-            "| {}{} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {:.0}% | {} | {} | {} |",
+            "| {}{} | {} | {:.0} | {:.0} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {:.0}% | {} | {} | {} |",
             step.workers,
             if run.best_step == Some(index) { " (best)" } else { "" },
+            step.connections,
             window.reports_per_second,
+            window.exchanges_per_second,
             analyzer.cpu.utilisation * 100.0,
             waited_percent(&analyzer.cpu),
             number_cell(analyzer.reports_per_core_second, 0),
+            number_cell(analyzer.exchanges_per_core_second, 0),
             number_cell(analyzer.cpu_us_per_report, 1),
             number_cell(window.ingest_ms.map(|q| q.p50), 2),
             number_cell(window.ingest_ms.map(|q| q.p99), 2),
@@ -1426,7 +1620,12 @@ pub fn memory_lines(result: &ScaleResult) -> String {
 /// The analyzer's cost per report next to the HTTP floor's, at the same
 /// load, as medians over the repeats; `None` without both.
 pub fn floor_line(result: &ScaleResult) -> Option<String> {
-    let repeats = result.repeats.as_ref()?;
+    floor_comparison(result.repeats.as_ref()?, result.settings.options.batched)
+}
+
+/// [`floor_line`] of `repeats`; `batched` names the floor's batch path and
+/// adds the exchanges per core-second.
+fn floor_comparison(repeats: &Repeats, batched: bool) -> Option<String> {
     let (analyzer, floor) = (repeats.analyzer_per_core?, repeats.floor_per_core?);
     let (ratio, own) = (repeats.cpu_ratio?, repeats.own_us?);
     let range = |spread: Spread, decimals: usize| {
@@ -1436,16 +1635,25 @@ pub fn floor_line(result: &ScaleResult) -> Option<String> {
             String::new()
         }
     };
+    let exchanges = |spread: Option<Spread>| match spread {
+        Some(spread) if batched => format!(", {:.0}{} exchanges per core-second", spread.median, range(spread, 0)),
+        _ => String::new(),
+    };
     Some(format!(
-        "HTTP floor at {} workers: {:.0} reports per core-second{} ({:.1} µs/report); the analyzer: {:.0}{} ({:.1} µs/\
-         report); pair by pair, the analyzer's CPU per report is {:.2}×{} the floor's, {:.1} µs{} of its own{}.",
+        "HTTP floor{} at {} workers{}: {:.0} worker reports per core-second{} ({:.1} µs/report{}); the analyzer: \
+         {:.0}{} ({:.1} µs/report{}); pair by pair, the analyzer's CPU per worker report is {:.2}×{} the floor's, \
+         {:.1} µs{} of its own{}.",
+        if batched { format!(" (its batch path, POST {})", driver::SYNC_BATCH_PATH) } else { String::new() },
         repeats.workers,
+        if batched { format!(" on {} connections", repeats.connections) } else { String::new() },
         floor.median,
         range(floor, 0),
         1e6 / floor.median,
+        exchanges(repeats.floor_exchanges_per_core),
         analyzer.median,
         range(analyzer, 0),
         1e6 / analyzer.median,
+        exchanges(repeats.analyzer_exchanges_per_core),
         ratio.median,
         range(ratio, 2),
         own.median,
@@ -1454,11 +1662,26 @@ pub fn floor_line(result: &ScaleResult) -> Option<String> {
     ))
 }
 
+/// The Markdown setup line that says how the workers reported, so that a
+/// batched run is never mistaken for the per-worker path.
+pub fn reporting_line(options: &ScaleOptions) -> String {
+    let how = match options.batching() {
+        Some(reports) => format!(
+            "one connection per proxy, its {reports} workers' reports (each its own worker id and seq) in one batch \
+             per exchange, as protocol v2's per-Envoy reporter will; reports/s count worker reports, exchanges/s \
+             HTTP exchanges"
+        ),
+        None => "one connection per worker, as the filter's worker VMs today".to_owned(),
+    };
+    format!("- reporting: {}; {how}\n", batching_label(options.batching()))
+}
+
 /// One row per repeat: the analyzer, then the floor right after it.
 pub fn repeats_table(repeats: &Repeats) -> String {
     let mut out = String::from(
-        "| run | analyzer reports/s | CPU | reports per core-second | µs/report | floor reports per core-second | µs/report \
-         | CPU ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| run | analyzer reports/s | exchanges/s | CPU | reports per core-second | exchanges per core-second \
+         | µs/report | floor reports per core-second | exchanges per core-second | µs/report \
+         | CPU ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (index, step) in repeats.analyzer.iter().enumerate() {
         let floor = repeats.floor.get(index);
@@ -1466,14 +1689,17 @@ pub fn repeats_table(repeats: &Repeats) -> String {
         let ratio = us(step).zip(floor.and_then(us)).map(|(analyzer, floor)| analyzer / floor);
         let _ = writeln!(
             out,
-            "| {}{} | {:.0} | {:.0}% | {} | {} | {} | {} | {} |",
+            "| {}{} | {:.0} | {:.0} | {:.0}% | {} | {} | {} | {} | {} | {} | {} |",
             index + 1,
             if index == 0 { " (sweep)" } else { "" },
             step.window.reports_per_second,
+            step.window.exchanges_per_second,
             step.window.analyzer.cpu.utilisation * 100.0,
             number_cell(step.per_core(), 0),
+            number_cell(step.exchanges_per_core(), 0),
             number_cell(us(step), 1),
             number_cell(floor.and_then(SaturationStep::per_core), 0),
+            number_cell(floor.and_then(SaturationStep::exchanges_per_core), 0),
             number_cell(floor.and_then(us), 1),
             ratio.map_or_else(|| "–".to_owned(), |ratio| format!("{ratio:.2}×")),
         );
@@ -1488,9 +1714,11 @@ pub fn markdown(result: &ScaleResult) -> String {
     let unknown = || "unknown".to_owned();
     let options = &result.settings.options;
     let setup = &result.setup;
+    let batching = options.batching();
     let mut out = String::new();
-    let _ = writeln!(out, "# Analyzer scale\n");
+    let _ = writeln!(out, "# Analyzer scale{}\n", if batching.is_some() { ", batched" } else { "" });
     out.push_str(&context.markdown_preamble());
+    out.push_str(&reporting_line(options));
     let _ = writeln!(
         out,
         "- analyzer: {} build, `{}`; state on {}",
@@ -1527,10 +1755,11 @@ pub fn markdown(result: &ScaleResult) -> String {
     );
     let _ = writeln!(
         out,
-        "- each worker: a real report every {} ms (`max_hold_ms` {}, or 0 on shared connections), {} stable and {} \
+        "- each worker: a real report every {} ms{} (`max_hold_ms` {}, or 0 on shared connections), {} stable and {} \
          canary requests in {} latency buckets per version; {} s warm-up, {} s window per size, on a fresh analyzer \
          each\n",
         options.report_interval_ms,
+        if batching.is_some() { " in its proxy's batch" } else { "" },
         options.report_interval_ms,
         result.settings.stable_requests_per_report,
         result.settings.canary_requests_per_report,
@@ -1543,12 +1772,19 @@ pub fn markdown(result: &ScaleResult) -> String {
     }
     let _ = writeln!(
         out,
-        "## At the report interval\n\n`ingest` is send to acknowledgement less the analyzer's hold (so: decode, \
-         ingest, group commit, answer); CPU is the analyzer's, from schedstat, over the window; `waited for CPU` is the \
+        "## At the report interval\n\n{}`ingest` is send to acknowledgement less the analyzer's hold (so: decode, \
+         ingest, group commit, answer), per exchange; CPU is the analyzer's, from schedstat, over the window; `waited for CPU` is the \
          time its threads were runnable but not running, summed over threads (its own threads share one core, so \
          some is normal; with CPU below 100% the rest is other processes on the core, and latencies then say more \
          about the machine than the analyzer); `snapshot` is the size of `state.json`, written every few seconds \
-         (group commits append to the journal); `storage MB/s` is everything the analyzer wrote.\n"
+         (group commits append to the journal); `storage MB/s` is everything the analyzer wrote.\n",
+        match batching {
+            Some(reports) => format!(
+                "Batched: `reports/s` and `µs/report` count worker reports, `exchanges/s` and `µs/exchange` HTTP \
+                 exchanges ({reports} worker reports each). "
+            ),
+            None => String::new(),
+        }
     );
     out.push_str(&sizes_table(&result.sizes));
     if let Some(largest) = result.sizes.last() {
@@ -1560,9 +1796,13 @@ pub fn markdown(result: &ScaleResult) -> String {
     if let Some(run) = &result.saturation {
         let _ = writeln!(
             out,
-            "\n## Saturation\n\nWorkers send the next report as soon as the previous one is acknowledged \
-             (`max_hold_ms` {}); steps add workers until reports/s grows less than {:.0}%. Reports per core-second \
-             is reports/s over the analyzer's utilisation.{}\n",
+            "\n## Saturation\n\n{} as soon as the previous one is acknowledged (`max_hold_ms` {}); steps add workers \
+             until reports/s grows less than {:.0}%. Reports per core-second is reports/s over the analyzer's \
+             utilisation, exchanges per core-second the same for HTTP exchanges.{}\n",
+            match batching {
+                Some(_) => "Each proxy sends its workers' next batch (one connection per proxy)",
+                None => "Workers send the next report",
+            },
             run.max_hold_ms,
             (SATURATION_GROWTH - 1.0) * 100.0,
             if run.stopped_growing { "" } else { " The sweep ran out of steps before reports/s stopped growing." }
@@ -1574,8 +1814,15 @@ pub fn markdown(result: &ScaleResult) -> String {
             out,
             "\n## Repeats and the HTTP floor\n\nThe analyzer's best step again, each time on a fresh analyzer, and \
              after each the same load against `bench-scale-floor`: the analyzer's hyper server and report decoder \
-             with no state, no disk, no token check and no hold, so what one HTTP exchange per report costs on \
-             this machine. One window moves by ±15% and more here, so the verdict takes the median.\n"
+             with no state, no disk, no token check and no hold, so what {} costs on this machine. One window moves \
+             by ±15% and more here, so the verdict takes the median.\n",
+            match batching {
+                Some(reports) => format!(
+                    "one HTTP exchange per batch of {reports} worker reports (the floor's batch path, POST {})",
+                    driver::SYNC_BATCH_PATH
+                ),
+                None => "one HTTP exchange per report".to_owned(),
+            }
         );
         out.push_str(&repeats_table(repeats));
         if let Some(line) = floor_line(result) {
@@ -1622,12 +1869,12 @@ mod tests {
 
     #[test]
     fn presets_are_valid_and_smoke_is_small() {
-        let full = ScaleOptions::preset(false);
+        let full = ScaleOptions::preset(false, false);
         full.validate().expect("valid");
-        assert_eq!(full.max_workers(), 40_000);
-        let smoke = ScaleOptions::preset(true);
+        assert_eq!(full.max_connections(), 40_000);
+        let smoke = ScaleOptions::preset(true, false);
         smoke.validate().expect("valid");
-        assert_eq!(smoke.max_workers(), 40);
+        assert_eq!(smoke.max_connections(), 40);
         assert!(smoke.window_s <= 2.0);
         assert_eq!(smoke.saturation_repeats, 1, "one floor run, as before repeats");
         let mut bad = smoke.clone();
@@ -1639,8 +1886,14 @@ mod tests {
     }
 
     /// A saturation step whose analyzer did `per_core` reports per
-    /// core-second at `utilisation`.
+    /// core-second at `utilisation`, one exchange per report.
     fn step(per_core: f64, utilisation: f64) -> SaturationStep {
+        batched_step(per_core, utilisation, 1)
+    }
+
+    /// The same with `per_exchange` worker reports per exchange, on 64
+    /// workers' worth of proxies.
+    fn batched_step(per_core: f64, utilisation: f64, per_exchange: usize) -> SaturationStep {
         let cpu = CpuDelta {
             wall_ms: 1_000.0,
             cpu_ms: utilisation * 1_000.0,
@@ -1649,26 +1902,32 @@ mod tests {
             top_threads: Vec::new(),
         };
         let reports_per_second = per_core * utilisation;
+        let exchanges_per_second = reports_per_second / per_exchange as f64;
         SaturationStep {
             workers: 64,
+            connections: 64 / per_exchange,
             workers_synced: 64,
             window: WindowSummary {
                 window_ms: 1_000.0,
                 workers: 64,
                 reports_acked: reports_per_second as u64,
                 reports_per_second,
+                exchanges_acked: exchanges_per_second as u64,
+                exchanges_per_second,
                 held_acks: 0,
                 ingest_ms: None,
                 round_trip_ms: None,
                 failures: BTreeMap::new(),
                 first_error: None,
-                connections_open: 64,
+                connections_open: (64 / per_exchange) as u64,
                 connection_waits: 0,
                 longest_connection_wait_ms: 0.0,
                 analyzer: AnalyzerWindow {
                     cpu: cpu.clone(),
                     cpu_us_per_report: Some(1e6 / per_core),
                     reports_per_core_second: Some(per_core),
+                    cpu_us_per_exchange: Some(1e6 / per_core * per_exchange as f64),
+                    exchanges_per_core_second: Some(per_core / per_exchange as f64),
                     rss_bytes: None,
                     peak_rss_bytes: None,
                     state_file_bytes: None,
@@ -1687,7 +1946,7 @@ mod tests {
         // the pairwise ratio stays put while the rates move.
         let analyzer = vec![step(40_000.0, 0.8), step(50_000.0, 0.8), step(25_000.0, 0.8)];
         let floor = vec![step(80_000.0, 1.0), step(100_000.0, 1.0), step(50_000.0, 1.0)];
-        let repeats = Repeats::summarize(64, analyzer, floor);
+        let repeats = Repeats::summarize(analyzer, floor);
         let per_core = repeats.analyzer_per_core.expect("rates");
         assert_eq!((per_core.count, per_core.median, per_core.min, per_core.max), (3, 40_000.0, 25_000.0, 50_000.0));
         assert_eq!(repeats.floor_per_core.expect("floor").median, 80_000.0);
@@ -1696,10 +1955,11 @@ mod tests {
         let own = repeats.own_us.expect("pairs");
         assert_eq!((own.min, own.median, own.max), (10.0, 12.5, 20.0));
 
-        let verdicts = verdicts(Some(&repeats), None);
+        let verdicts = verdicts(Some(&repeats), None, None);
         assert_eq!(verdicts.len(), 1);
         let line = verdicts[0].line();
         assert!(line.contains("median of 3 runs") && line.contains("extrapolated from 80% CPU"), "{line}");
+        assert!(!line.contains("batched") && !line.contains("exchanges"), "{line}");
         assert_eq!(
             (verdicts[0].measured, verdicts[0].min, verdicts[0].max),
             (40_000.0, Some(25_000.0), Some(50_000.0))
@@ -1708,17 +1968,153 @@ mod tests {
 
         let table = repeats_table(&repeats);
         assert_eq!(table.lines().count(), 2 + 3, "{table}");
-        assert!(table.contains("| 1 (sweep) | 32000 | 80% | 40000 | 25.0 | 80000 | 12.5 | 2.00× |"), "{table}");
+        assert!(
+            table.contains("| 1 (sweep) | 32000 | 32000 | 80% | 40000 | 40000 | 25.0 | 80000 | 80000 | 12.5 | 2.00× |"),
+            "{table}"
+        );
     }
 
     #[test]
     fn a_single_run_without_a_floor_has_no_range_and_no_ratio() {
-        let repeats = Repeats::summarize(64, vec![step(60_000.0, 1.0)], Vec::new());
+        let repeats = Repeats::summarize(vec![step(60_000.0, 1.0)], Vec::new());
         assert!(repeats.cpu_ratio.is_none() && repeats.floor_per_core.is_none());
-        let verdicts = verdicts(Some(&repeats), None);
+        let verdicts = verdicts(Some(&repeats), None, None);
         assert_eq!((verdicts[0].min, verdicts[0].max), (None, None));
         assert!(verdicts[0].met);
         assert!(verdicts[0].line().contains("(64 workers)"), "{}", verdicts[0].line());
+    }
+
+    /// `canary-bench scale ARGS` as the binary parses it.
+    fn options_of(args: &[&str]) -> anyhow::Result<ScaleOptions> {
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            scale: ScaleArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("scale").chain(args.iter().copied()))?;
+        let options = cli.scale.options();
+        options.validate()?;
+        Ok(options)
+    }
+
+    #[test]
+    fn batched_is_off_by_default_and_sizes_by_proxies_when_on() -> anyhow::Result<()> {
+        let per_worker = options_of(&[])?;
+        assert!(!per_worker.batched);
+        assert_eq!(per_worker.proxies, ScaleOptions::DEFAULT_PROXIES, "the per-worker defaults are unchanged");
+        assert_eq!(per_worker.batching(), None);
+
+        let batched = options_of(&["--batched"])?;
+        assert!(batched.batched);
+        assert_eq!(batched.proxies, [1_000, 4_000, 10_000]);
+        assert_eq!(batched.batching(), Some(4));
+        // 10,000 proxies are 10,000 connections; the saturation sweep's
+        // 16,384 workers are 4,096.
+        assert_eq!(batched.max_connections(), 10_000);
+        assert_eq!(per_worker.max_connections(), 40_000);
+        // Everything else as the per-worker run.
+        assert_eq!(
+            (batched.saturation_workers.clone(), batched.window_s, batched.saturation_repeats),
+            (per_worker.saturation_workers.clone(), per_worker.window_s, per_worker.saturation_repeats)
+        );
+
+        let smoke = options_of(&["--smoke", "--batched"])?;
+        assert!(smoke.batched && smoke.smoke);
+        assert_eq!(smoke.proxies, ScaleOptions::SMOKE_PROXIES);
+        assert_eq!(smoke.max_connections(), 10, "10 proxies; 40 saturation workers are 10 proxies");
+
+        let explicit = options_of(&["--batched", "--proxies", "7,70", "--workers-per-proxy", "8"])?;
+        assert_eq!((explicit.proxies.as_slice(), explicit.workers_per_proxy), ([7, 70].as_slice(), 8));
+        let error = options_of(&["--batched", "--workers-per-proxy", "257"]).expect_err("more than a batch holds");
+        assert!(error.to_string().contains("at most 256 workers per proxy"), "{error}");
+        options_of(&["--workers-per-proxy", "257"]).expect("per worker, any number");
+        Ok(())
+    }
+
+    #[test]
+    fn connections_are_workers_or_proxies_and_the_budget_caps_them() {
+        let per_worker = ScaleOptions { saturation_workers: vec![10, 64], ..ScaleOptions::preset(false, false) };
+        let batched = ScaleOptions { batched: true, ..per_worker.clone() };
+        assert_eq!((per_worker.connections_for(1_000), batched.connections_for(1_000)), (4_000, 1_000));
+        // Saturation workers count workers, in whole proxies: 10 workers are
+        // 3 proxies.
+        let saturation_only = |options: &ScaleOptions| {
+            ScaleOptions { proxies: Vec::new(), saturation_workers: vec![10], ..options.clone() }.max_connections()
+        };
+        assert_eq!((saturation_only(&per_worker), saturation_only(&batched)), (12, 3));
+        assert_eq!((per_worker.max_connections(), batched.max_connections()), (40_000, 10_000));
+
+        // The open-files limit of this machine: hard 20,000 less the margin.
+        let budget = 20_000 - OPEN_FILES_MARGIN as usize;
+        let plan = |options: &ScaleOptions, proxies| options.size_plan(proxies, budget);
+        assert_eq!(
+            plan(&per_worker, 4_000),
+            SizePlan { connection_mode: ConnectionMode::PerWorker, connections: 16_000, max_hold_ms: 1_000 }
+        );
+        assert_eq!(
+            plan(&per_worker, 10_000),
+            SizePlan { connection_mode: ConnectionMode::Shared, connections: budget, max_hold_ms: 0 },
+            "40,000 workers do not fit"
+        );
+        assert_eq!(
+            plan(&batched, 10_000),
+            SizePlan { connection_mode: ConnectionMode::PerProxy, connections: 10_000, max_hold_ms: 1_000 },
+            "10,000 proxies do"
+        );
+        assert_eq!(
+            batched.size_plan(10_000, 5_000),
+            SizePlan { connection_mode: ConnectionMode::Shared, connections: 5_000, max_hold_ms: 0 }
+        );
+    }
+
+    #[test]
+    fn a_batched_run_says_so_and_counts_worker_reports() {
+        let options = ScaleOptions::preset(false, true);
+        let line = reporting_line(&options);
+        assert!(line.contains("batched: 4 worker reports per exchange (POST /v1/filter/sync-batch)"), "{line}");
+        let per_worker = reporting_line(&ScaleOptions::preset(false, false));
+        assert!(per_worker.contains("per worker: 1 worker report per exchange (POST /v1/filter/sync)"), "{per_worker}");
+
+        // Worker reports per core-second at 80% CPU, 4 per exchange, each
+        // run next to a floor that takes twice as many.
+        let repeats = Repeats::summarize(
+            vec![batched_step(60_000.0, 0.8, 4), batched_step(40_000.0, 0.8, 4), batched_step(50_000.0, 0.8, 4)],
+            vec![batched_step(120_000.0, 1.0, 4), batched_step(80_000.0, 1.0, 4), batched_step(100_000.0, 1.0, 4)],
+        );
+        assert_eq!((repeats.workers, repeats.connections), (64, 16));
+        assert_eq!(repeats.analyzer_exchanges_per_core.expect("rates").median, 12_500.0);
+        let verdicts = verdicts(Some(&repeats), None, options.batching());
+        let line = verdicts[0].line();
+        assert!(
+            line.contains("worker reports per second on one analyzer core, batched: 4 worker reports per exchange (POST /v1/filter/sync-batch)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("(64 workers on 16 connections, median of 3 runs; 12500 exchanges per core-second)"),
+            "{line}"
+        );
+        assert_eq!(verdicts[0].measured, 50_000.0, "judged per worker report");
+        assert!(verdicts[0].met);
+
+        let floor = floor_comparison(&repeats, true).expect("a floor line");
+        assert!(floor.starts_with("HTTP floor (its batch path, POST /v1/filter/sync-batch) at 64 workers on 16 connections: 100000 worker reports per core-second [80000–120000] (10.0 µs/report, 25000 [20000–30000] exchanges per core-second)"), "{floor}");
+        let floor = floor_comparison(&repeats, false).expect("a floor line");
+        assert!(floor.starts_with("HTTP floor at 64 workers: 100000 worker reports per core-second"), "{floor}");
+        assert!(!floor.contains("exchanges"), "{floor}");
+
+        let table = repeats_table(&repeats);
+        assert!(
+            table.contains("| 1 (sweep) | 48000 | 12000 | 80% | 60000 | 15000 | 16.7 | 120000 | 30000 | 8.3 | 2.00× |"),
+            "{table}"
+        );
+        let run = SaturationRun {
+            max_hold_ms: 0,
+            steps: repeats.analyzer.clone(),
+            best_step: Some(0),
+            stopped_growing: true,
+        };
+        let table = saturation_table(&run);
+        assert!(table.contains("| 64 (best) | 16 | 48000 | 12000 | 80% | 0% | 60000 | 15000 | 16.7 |"), "{table}");
     }
 
     #[test]

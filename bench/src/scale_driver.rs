@@ -1,6 +1,7 @@
 //! Simulated filter workers for `scale`: each one behaves towards the
 //! analyzer like a worker VM of the filter (`filter/src/worker.rs`), through
-//! the real `POST /v1/filter/sync` ingest path.
+//! the real `POST /v1/filter/sync` ingest path, or, batched, every worker of
+//! a simulated Envoy together through `POST /v1/filter/sync-batch`.
 //!
 //! What a worker does, as the filter does it:
 //! - one sync in flight at a time, on a keep-alive connection of its own;
@@ -25,12 +26,25 @@
 //! early ones. The analyzer's hold timer has millisecond granularity, so a
 //! held sample may read up to about 1 ms high.
 //!
+//! **Batched** ([`SyncSettings::batched`]), each simulated proxy is one sync
+//! loop with one connection, as protocol v2's per-Envoy reporter will be
+//! (`docs/batched-reports.md`): its workers keep their own worker ids and
+//! seqs, each cuts its report as above, and the proxy sends them together as
+//! one `canary_protocol::batch` whose `max_hold_ms` is the workers' hold. The
+//! answer is a `BatchAck`; unless it acknowledges every worker id with the
+//! seq sent, in request order, the exchange counts as a wrong ack and the
+//! same batch (same seqs, same bytes) is sent again after the back-off.
+//! Reports are counted per worker report, exchanges per HTTP exchange; the
+//! latency histograms hold one sample per exchange. In the per-worker mode
+//! the two counts are the same.
+//!
 //! When the driver may open fewer connections than there are workers (the
 //! open-files limit caps both processes), the workers share a pool of
 //! connections instead: a worker takes an idle one for each sync. With the
 //! filter's long-poll that would cap the rate at one report per connection
 //! per hold, so the caller then also sets `max_hold_ms` to 0 and keeps the
 //! 1 Hz pace in the driver; the results record which mode a phase ran in.
+//! Batched, the proxies share the pool the same way.
 //!
 //! The client is a minimal HTTP/1.1 one (one `write` per request, `httparse`
 //! for the answer) rather than hyper: the driver must outrun the analyzer on
@@ -44,6 +58,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use canary_protocol::batch::{BatchAck, MAX_BATCH_REPORTS, WorkerAck, encode_batch};
 use canary_protocol::{LatencyHistogram, Report, ReportHeader, SyncResponse, VersionDelta, VersionStats, Weights};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
@@ -72,6 +87,9 @@ pub const BUCKETS_PER_VERSION: usize = 20;
 /// at 10% canary.
 pub const STABLE_REQUESTS_PER_REPORT: u64 = 400;
 pub const CANARY_REQUESTS_PER_REPORT: u64 = 40;
+/// The analyzer's sync endpoints: one report per exchange, or one batch.
+pub const SYNC_PATH: &str = "/v1/filter/sync";
+pub const SYNC_BATCH_PATH: &str = "/v1/filter/sync-batch";
 /// Connection attempts in progress at once: more only overflows the
 /// analyzer's accept backlog (1,024) and turns into SYN retransmits.
 const CONNECTS_IN_FLIGHT: usize = 256;
@@ -90,10 +108,14 @@ pub struct SyncSettings {
     /// previous dispatch. Zero sends the next report as soon as the previous
     /// one is acknowledged (ack-paced, for saturation).
     pub report_interval: Duration,
-    /// `max_hold_ms` in every report.
+    /// `max_hold_ms` in every report, and of every batch.
     pub max_hold_ms: u32,
-    /// Most connections open at once; fewer than workers makes them share.
+    /// Most connections open at once; fewer than sync loops (workers, or
+    /// proxies when batched) makes them share.
     pub connections: usize,
+    /// One batch per proxy per exchange to [`SYNC_BATCH_PATH`] instead of
+    /// one report per worker to [`SYNC_PATH`] (see the module docs).
+    pub batched: bool,
 }
 
 /// One simulated worker VM.
@@ -104,6 +126,38 @@ pub struct WorkerSpec {
     pub template: usize,
     /// When its first sync starts, to spread the workers' phases.
     pub start_at: Instant,
+}
+
+/// One simulated Envoy of the batched mode: its workers report together.
+#[derive(Debug, Clone)]
+pub struct ProxySpec {
+    /// Each with its own worker id and template; their `start_at` is unused.
+    pub workers: Vec<WorkerSpec>,
+    /// When the proxy's first sync starts.
+    pub start_at: Instant,
+}
+
+/// Where in `spread` the `index`-th sync loop starts, in `[0, 1)`: scrambled,
+/// so each moment of a ramp mixes proxies.
+fn phase(index: usize) -> f64 {
+    ((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The proxies of [`fleet`] (the same worker ids and templates), each one
+/// batched sync loop, starting evenly over `spread` from `start`.
+pub fn proxy_fleet(
+    first_proxy: usize,
+    proxies: usize,
+    workers_per_proxy: usize,
+    start: Instant,
+    spread: Duration,
+) -> Vec<ProxySpec> {
+    let workers = fleet(first_proxy, proxies, workers_per_proxy, start, spread);
+    workers
+        .chunks(workers_per_proxy.max(1))
+        .enumerate()
+        .map(|(index, workers)| ProxySpec { workers: workers.to_vec(), start_at: start + spread.mul_f64(phase(index)) })
+        .collect()
 }
 
 /// `workers_per_proxy` workers for each of `proxies` proxies numbered from
@@ -122,14 +176,11 @@ pub fn fleet(
         let proxy_id: Rc<str> = istio_proxy_id(proxy).into();
         for worker in 0..workers_per_proxy {
             let index = (proxy - first_proxy) * workers_per_proxy + worker;
-            // Scramble the order the phases are handed out in, so each moment
-            // of the ramp mixes proxies.
-            let phase = ((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
             specs.push(WorkerSpec {
                 proxy_id: Rc::clone(&proxy_id),
                 worker_id: splitmix64(((proxy as u64) << 8) | worker as u64) | 1,
                 template: (proxy * workers_per_proxy + worker) % TEMPLATE_COUNT,
-                start_at: start + spread.mul_f64(phase),
+                start_at: start + spread.mul_f64(phase(index)),
             });
         }
     }
@@ -226,7 +277,8 @@ pub enum FailureKind {
     Status(u16),
     /// Unparseable HTTP or a body that is not a sync response.
     BadResponse,
-    /// A 200 acknowledging another seq.
+    /// A 200 acknowledging another seq (batched: not every worker with the
+    /// seq it sent, in request order).
     WrongAck,
 }
 
@@ -248,14 +300,18 @@ impl FailureKind {
 pub struct WindowStats {
     pub started: Instant,
     pub ended: Option<Instant>,
-    /// Syncs acknowledged inside the window.
+    /// Worker reports acknowledged inside the window.
     pub acks: u64,
     /// Of which held for the whole `max_hold_ms`.
     pub held_acks: u64,
-    /// Ingest latency of every ack (see the module docs).
+    /// HTTP exchanges acknowledged inside the window: `acks` one by one, or
+    /// the batches that carried them.
+    pub exchanges: u64,
+    /// Ingest latency of every acknowledged exchange (see the module docs).
     pub ingest_us: LatencyHistogram,
     /// Send to answer, hold included.
     pub round_trip_us: LatencyHistogram,
+    /// Failed exchanges, by why.
     pub failures: BTreeMap<FailureKind, u64>,
     pub first_error: Option<String>,
     /// Syncs that waited for a shared connection, and the longest wait: a
@@ -271,6 +327,7 @@ impl WindowStats {
             ended: None,
             acks: 0,
             held_acks: 0,
+            exchanges: 0,
             ingest_us: LatencyHistogram::new(),
             round_trip_us: LatencyHistogram::new(),
             failures: BTreeMap::new(),
@@ -292,7 +349,11 @@ impl WindowStats {
 /// Running totals, for the progress line and to wait for the ramp.
 #[derive(Debug, Default)]
 struct Totals {
+    /// Worker reports acknowledged.
     acks: Cell<u64>,
+    /// HTTP exchanges acknowledged.
+    exchanges: Cell<u64>,
+    /// Failed exchanges.
     failures: Cell<u64>,
     /// Workers whose connection is open now.
     connected: Cell<u64>,
@@ -319,14 +380,17 @@ struct Shared {
 }
 
 impl Shared {
-    fn record_ack(&self, sent_at: Instant, acked_at: Instant, held: bool) {
-        self.totals.acks.set(self.totals.acks.get() + 1);
+    /// One acknowledged exchange that carried `reports` worker reports.
+    fn record_ack(&self, sent_at: Instant, acked_at: Instant, held: bool, reports: u64) {
+        self.totals.acks.set(self.totals.acks.get() + reports);
+        self.totals.exchanges.set(self.totals.exchanges.get() + 1);
         let mut window = self.window.borrow_mut();
         let Some(window) = window.as_mut().filter(|window| acked_at >= window.started) else { return };
         let round_trip = acked_at.saturating_duration_since(sent_at);
         let hold = if held { Duration::from_millis(u64::from(self.settings.max_hold_ms)) } else { Duration::ZERO };
-        window.acks += 1;
-        window.held_acks += u64::from(held);
+        window.acks += reports;
+        window.held_acks += if held { reports } else { 0 };
+        window.exchanges += 1;
         window.round_trip_us.record_us(round_trip.as_micros() as u64);
         window.ingest_us.record_us(round_trip.saturating_sub(hold).as_micros() as u64);
     }
@@ -357,24 +421,26 @@ impl Shared {
 /// closes their connections.
 pub struct Driver {
     shared: Rc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    /// One sync loop per worker, or per proxy when batched.
+    loops: Vec<JoinHandle<()>>,
+    /// Simulated workers, whichever way they report.
+    workers: usize,
 }
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver").field("settings", &self.shared.settings).field("workers", &self.workers.len()).finish()
+        f.debug_struct("Driver")
+            .field("settings", &self.shared.settings)
+            .field("loops", &self.loops.len())
+            .field("workers", &self.workers)
+            .finish()
     }
 }
 
 impl Driver {
     /// A driver whose workers all stop by `stop_at` at the latest.
     pub fn new(settings: SyncSettings, stop_at: Instant) -> Self {
-        let request_head = format!(
-            "POST /v1/filter/sync HTTP/1.1\r\nhost: canary-analyzer\r\ncontent-type: application/octet-stream\r\n\
-             authorization: Bearer {}\r\ncontent-length: ",
-            settings.token
-        )
-        .into_bytes();
+        let request_head = request_head(if settings.batched { SYNC_BATCH_PATH } else { SYNC_PATH }, &settings.token);
         let connection_slots = settings.connections.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             shared: Rc::new(Shared {
@@ -389,20 +455,52 @@ impl Driver {
                 window: RefCell::new(None),
                 stop_at,
             }),
-            workers: Vec::new(),
+            loops: Vec::new(),
+            workers: 0,
         }
     }
 
-    /// Starts workers; must run inside a `LocalSet`.
-    pub fn spawn(&mut self, specs: Vec<WorkerSpec>) {
-        self.workers.reserve(specs.len());
-        for spec in specs {
-            self.workers.push(tokio::task::spawn_local(run_worker(Rc::clone(&self.shared), spec)));
+    /// Starts `workers_per_proxy` workers for each of `proxies` proxies
+    /// numbered from `first_proxy`, their phases spread over `spread` from
+    /// `start` ([`fleet`]): a sync loop per worker, or per proxy when
+    /// batched ([`proxy_fleet`]). Must run inside a `LocalSet`.
+    pub fn spawn_fleet(
+        &mut self,
+        first_proxy: usize,
+        proxies: usize,
+        workers_per_proxy: usize,
+        start: Instant,
+        spread: Duration,
+    ) {
+        if self.shared.settings.batched {
+            for proxy in proxy_fleet(first_proxy, proxies, workers_per_proxy, start, spread) {
+                self.workers += proxy.workers.len();
+                let workers = proxy.workers.into_iter().map(WorkerState::new).collect();
+                self.loops.push(tokio::task::spawn_local(run_sync_loop(
+                    Rc::clone(&self.shared),
+                    workers,
+                    proxy.start_at,
+                )));
+            }
+        } else {
+            for spec in fleet(first_proxy, proxies, workers_per_proxy, start, spread) {
+                self.workers += 1;
+                let start_at = spec.start_at;
+                let workers = vec![WorkerState::new(spec)];
+                self.loops.push(tokio::task::spawn_local(run_sync_loop(Rc::clone(&self.shared), workers, start_at)));
+            }
         }
     }
 
+    /// Simulated workers.
     pub fn workers(&self) -> usize {
-        self.workers.len()
+        self.workers
+    }
+
+    /// Sync loops, each with at most one exchange in flight: the workers, or
+    /// the proxies when batched.
+    pub fn sync_loops(&self) -> usize {
+        self.loops.len()
     }
 
     /// Open connections.
@@ -415,9 +513,14 @@ impl Driver {
         self.shared.totals.synced_workers.get()
     }
 
-    /// Acknowledged syncs and failures since the start.
+    /// Acknowledged worker reports and failed exchanges since the start.
     pub fn totals(&self) -> (u64, u64) {
         (self.shared.totals.acks.get(), self.shared.totals.failures.get())
+    }
+
+    /// Acknowledged HTTP exchanges since the start.
+    pub fn exchanges(&self) -> u64 {
+        self.shared.totals.exchanges.get()
     }
 
     /// Starts recording a window from now.
@@ -435,26 +538,140 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        for worker in &self.workers {
-            worker.abort();
+        for sync_loop in &self.loops {
+            sync_loop.abort();
         }
     }
 }
 
-/// One worker's sync loop; see the module docs.
-async fn run_worker(shared: Rc<Shared>, spec: WorkerSpec) {
+/// One simulated worker's reporting state, as the filter keeps it.
+#[derive(Debug)]
+struct WorkerState {
+    spec: WorkerSpec,
+    /// The last seq cut (0 before the first report).
+    seq: u64,
+    /// The weights version the counts accumulating now are routed under.
+    counts_weights_version: u64,
+}
+
+impl WorkerState {
+    fn new(spec: WorkerSpec) -> Self {
+        Self { spec, seq: 0, counts_weights_version: 0 }
+    }
+
+    /// Cuts the next report: the next seq, the weights applied now, and the
+    /// version the counts cut now were routed under (the weights in force
+    /// while they accumulated), as the filter does.
+    fn cut(&mut self, templates: &[[VersionDelta; 2]], applied_version: u64, max_hold_ms: u32) -> Report {
+        self.seq += 1;
+        let header = ReportHeader {
+            proxy_id: self.spec.proxy_id.to_string(),
+            worker_id: self.spec.worker_id,
+            seq: self.seq,
+            weights_version: applied_version,
+            counts_weights_version: self.counts_weights_version,
+            max_hold_ms,
+        };
+        self.counts_weights_version = applied_version;
+        Report { header, versions: templates[self.spec.template].clone() }
+    }
+}
+
+/// An exchange cut and not yet acknowledged: re-sent with the same bytes
+/// until it is.
+#[derive(Debug)]
+struct Pending {
+    /// The weights version its reports say is applied.
+    reported_version: u64,
+    /// (worker id, seq) of each report, in request order.
+    sent: Vec<(u64, u64)>,
+    /// The whole HTTP request.
+    request: Vec<u8>,
+}
+
+impl Pending {
+    /// Every worker's next report: one report alone, or all of them in one
+    /// batch.
+    fn cut(shared: &Shared, workers: &mut [WorkerState], applied_version: u64) -> Pending {
+        let settings = &shared.settings;
+        let reports: Vec<Report> = workers
+            .iter_mut()
+            .map(|worker| worker.cut(&shared.templates, applied_version, settings.max_hold_ms))
+            .collect();
+        let sent = reports.iter().map(|report| (report.header.worker_id, report.header.seq)).collect();
+        let request = match reports.as_slice() {
+            [report] if !settings.batched => request_bytes(&shared.request_head, report),
+            _ => batch_request_bytes(&shared.request_head, settings.max_hold_ms, &reports),
+        };
+        Pending { reported_version: applied_version, sent, request }
+    }
+
+    /// The weights of an answer that acknowledges every report sent.
+    fn check(&self, batched: bool, body: &[u8]) -> Result<Weights, (FailureKind, String)> {
+        let bad = |error: canary_protocol::DecodeError| (FailureKind::BadResponse, error.to_string());
+        if batched {
+            let ack = BatchAck::decode(body).map_err(bad)?;
+            check_batch_ack(&self.sent, &ack.acks).map_err(|error| (FailureKind::WrongAck, error))?;
+            Ok(ack.weights)
+        } else {
+            let response = SyncResponse::decode(body).map_err(bad)?;
+            let sent_seq = self.sent.first().map_or(0, |&(_, seq)| seq);
+            if response.acked_seq != sent_seq {
+                let error = format!("sent seq {sent_seq}, the analyzer acknowledged {}", response.acked_seq);
+                return Err((FailureKind::WrongAck, error));
+            }
+            Ok(response.weights)
+        }
+    }
+}
+
+/// `Ok` when `acks` acknowledges each `(worker id, seq)` of `sent`, in that
+/// order and nothing else; else what is wrong, naming the first report at
+/// fault.
+pub fn check_batch_ack(sent: &[(u64, u64)], acks: &[WorkerAck]) -> Result<(), String> {
+    for (index, &(worker_id, seq)) in sent.iter().enumerate() {
+        match acks.get(index) {
+            None => {
+                return Err(format!(
+                    "report {index} (worker {worker_id:#x}, seq {seq}) not acknowledged: {} acks for {} reports",
+                    acks.len(),
+                    sent.len()
+                ));
+            }
+            Some(ack) if ack.worker_id != worker_id => {
+                return Err(format!(
+                    "report {index}: sent worker {worker_id:#x} seq {seq}, the analyzer acknowledged worker {:#x} \
+                     seq {}",
+                    ack.worker_id, ack.acked_seq
+                ));
+            }
+            Some(ack) if ack.acked_seq != seq => {
+                return Err(format!(
+                    "report {index}: worker {worker_id:#x} sent seq {seq}, the analyzer acknowledged {}",
+                    ack.acked_seq
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    if acks.len() > sent.len() {
+        return Err(format!("{} acks for {} reports", acks.len(), sent.len()));
+    }
+    Ok(())
+}
+
+/// One sync loop: a worker alone, or a proxy's workers batched; see the
+/// module docs.
+async fn run_sync_loop(shared: Rc<Shared>, mut workers: Vec<WorkerState>, start_at: Instant) {
     let settings = &shared.settings;
     let interval = settings.report_interval;
     let backoff = interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
     let sync_timeout = Duration::from_millis(u64::from(settings.max_hold_ms)) + SYNC_TIMEOUT_SLACK;
     let mut applied = Weights { weights_version: 0, canary_weight: canary_protocol::CanaryWeight::ZERO };
-    // The report cut and not yet acknowledged: its seq, the weights version
-    // it reports as applied, and the whole request.
-    let mut unacked: Option<(u64, u64, Vec<u8>)> = None;
-    let mut seq = 0u64;
-    let mut counts_weights_version = 0u64;
+    // The reports cut and not yet acknowledged.
+    let mut unacked: Option<Pending> = None;
     let mut synced_once = false;
-    let mut next_due = spec.start_at;
+    let mut next_due = start_at;
     loop {
         let now = Instant::now();
         if now >= shared.stop_at {
@@ -464,24 +681,8 @@ async fn run_worker(shared: Rc<Shared>, spec: WorkerSpec) {
             tokio::time::sleep_until(next_due.min(shared.stop_at).into()).await;
             continue;
         }
-        let (sent_seq, reported_version, request) = unacked.get_or_insert_with(|| {
-            seq += 1;
-            let header = ReportHeader {
-                proxy_id: spec.proxy_id.to_string(),
-                worker_id: spec.worker_id,
-                seq,
-                weights_version: applied.weights_version,
-                counts_weights_version,
-                max_hold_ms: settings.max_hold_ms,
-            };
-            // As the filter does: the counts cut now were routed under the
-            // weights in force while they accumulated.
-            counts_weights_version = applied.weights_version;
-            let report = Report { header, versions: shared.templates[spec.template].clone() };
-            (seq, applied.weights_version, request_bytes(&shared.request_head, &report))
-        });
-        let (sent_seq, reported_version) = (*sent_seq, *reported_version);
-        // A connection slot: free at once while every worker has its own.
+        let pending = unacked.get_or_insert_with(|| Pending::cut(&shared, &mut workers, applied.weights_version));
+        // A connection slot: free at once while every loop has its own.
         let wait_started = Instant::now();
         let Ok(_slot) = shared.connection_slots.acquire().await else { break };
         let waited = wait_started.elapsed();
@@ -504,28 +705,28 @@ async fn run_worker(shared: Rc<Shared>, spec: WorkerSpec) {
             },
         };
         let sent_at = Instant::now();
-        let outcome = tokio::time::timeout(sync_timeout, connection.exchange(request)).await;
+        let outcome = tokio::time::timeout(sync_timeout, connection.exchange(&pending.request)).await;
         let answered_at = Instant::now();
+        // The failure's kind, its message, and whether the connection is
+        // done for.
         let failure = match outcome {
-            Ok(Ok(response)) if response.acked_seq == sent_seq => {
-                shared.idle.borrow_mut().push(connection);
-                unacked = None;
-                let held = response.weights.weights_version == reported_version;
-                shared.record_ack(sent_at, answered_at, held);
-                if !synced_once {
-                    synced_once = true;
-                    shared.totals.synced_workers.set(shared.totals.synced_workers.get() + 1);
+            Ok(Ok(body)) => match pending.check(settings.batched, body) {
+                Ok(weights) => {
+                    shared.idle.borrow_mut().push(connection);
+                    let held = weights.weights_version == pending.reported_version;
+                    shared.record_ack(sent_at, answered_at, held, pending.sent.len() as u64);
+                    unacked = None;
+                    if !synced_once {
+                        synced_once = true;
+                        shared.totals.synced_workers.set(shared.totals.synced_workers.get() + workers.len() as u64);
+                    }
+                    let changed = weights != applied;
+                    applied = weights;
+                    next_due = if changed { answered_at } else { sent_at + interval };
+                    continue;
                 }
-                let changed = response.weights != applied;
-                applied = response.weights;
-                next_due = if changed { answered_at } else { sent_at + interval };
-                continue;
-            }
-            Ok(Ok(response)) => (
-                FailureKind::WrongAck,
-                format!("sent seq {sent_seq}, the analyzer acknowledged {}", response.acked_seq),
-                false,
-            ),
+                Err((kind, error)) => (kind, error, false),
+            },
             Ok(Err(ExchangeError::Status { status, body, keep_alive })) => {
                 (FailureKind::Status(status), format!("HTTP {status}: {body}"), !keep_alive)
             }
@@ -566,16 +767,48 @@ async fn connect(shared: &Shared) -> Result<TcpStream, (FailureKind, String)> {
     }
 }
 
-/// The whole HTTP request for `report`: head, `content-length`, body.
-pub fn request_bytes(head: &[u8], report: &Report) -> Vec<u8> {
-    let mut body = Vec::with_capacity(320);
-    report.encode(&mut body);
+/// The request line and fixed headers of every sync to `path`, up to
+/// `content-length: `.
+pub fn request_head(path: &str, token: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: canary-analyzer\r\ncontent-type: application/octet-stream\r\n\
+         authorization: Bearer {token}\r\ncontent-length: "
+    )
+    .into_bytes()
+}
+
+/// The whole HTTP request for a batch of `reports` (at most
+/// [`MAX_BATCH_REPORTS`]): head, `content-length`, the batch.
+pub fn batch_request_bytes(head: &[u8], max_hold_ms: u32, reports: &[Report]) -> Vec<u8> {
+    debug_assert!(!reports.is_empty() && reports.len() <= MAX_BATCH_REPORTS, "{} reports", reports.len());
+    let encoded: Vec<Vec<u8>> = reports
+        .iter()
+        .map(|report| {
+            let mut bytes = Vec::with_capacity(320);
+            report.encode(&mut bytes);
+            bytes
+        })
+        .collect();
+    let mut body = Vec::with_capacity(8 + encoded.iter().map(|report| report.len() + 2).sum::<usize>());
+    encode_batch(max_hold_ms, encoded.iter().map(Vec::as_slice), &mut body);
+    with_head(head, &body)
+}
+
+/// `head`, the body's length, and the body.
+fn with_head(head: &[u8], body: &[u8]) -> Vec<u8> {
     let mut request = Vec::with_capacity(head.len() + 8 + body.len());
     request.extend_from_slice(head);
     request.extend_from_slice(body.len().to_string().as_bytes());
     request.extend_from_slice(b"\r\n\r\n");
-    request.extend_from_slice(&body);
+    request.extend_from_slice(body);
     request
+}
+
+/// The whole HTTP request for `report`: head, `content-length`, body.
+pub fn request_bytes(head: &[u8], report: &Report) -> Vec<u8> {
+    let mut body = Vec::with_capacity(320);
+    report.encode(&mut body);
+    with_head(head, &body)
 }
 
 #[derive(Debug)]
@@ -602,8 +835,8 @@ impl Connection {
         Self { stream, buffer: Vec::with_capacity(512) }
     }
 
-    /// Sends one request and reads its whole answer.
-    async fn exchange(&mut self, request: &[u8]) -> Result<SyncResponse, ExchangeError> {
+    /// Sends one request and reads its whole answer: the body of a 200.
+    async fn exchange(&mut self, request: &[u8]) -> Result<&[u8], ExchangeError> {
         self.stream.write_all(request).await?;
         self.buffer.clear();
         loop {
@@ -614,8 +847,9 @@ impl Connection {
                 return Err(ExchangeError::Transport(std::io::ErrorKind::UnexpectedEof.into()));
             }
             let Some(parsed) = parse_response(&self.buffer).map_err(ExchangeError::BadResponse)? else { continue };
-            let body = &self.buffer[parsed.body_start..];
+            let body_start = parsed.body_start;
             if parsed.status != 200 {
+                let body = &self.buffer[body_start..];
                 return Err(ExchangeError::Status {
                     status: parsed.status,
                     body: String::from_utf8_lossy(body).chars().take(300).collect(),
@@ -625,7 +859,7 @@ impl Connection {
             if !parsed.keep_alive {
                 return Err(ExchangeError::BadResponse("the analyzer closes the connection".to_owned()));
             }
-            return SyncResponse::decode(body).map_err(|error| ExchangeError::BadResponse(error.to_string()));
+            return Ok(&self.buffer[body_start..]);
         }
     }
 }
@@ -753,6 +987,143 @@ mod tests {
         let length: usize = std::str::from_utf8(parsed.headers[0].value).expect("ascii").parse().expect("number");
         assert_eq!(request.len() - body_start, length);
         assert_eq!(Report::decode(&request[body_start..]), Ok(report));
+    }
+
+    #[test]
+    fn proxy_fleet_groups_the_fleets_workers_by_proxy() {
+        let start = Instant::now();
+        let workers = fleet(5, 100, 4, start, Duration::from_secs(2));
+        let proxies = proxy_fleet(5, 100, 4, start, Duration::from_secs(2));
+        assert_eq!(proxies.len(), 100);
+        for (proxy, workers) in proxies.iter().zip(workers.chunks(4)) {
+            let ids =
+                |specs: &[WorkerSpec]| specs.iter().map(|spec| (spec.worker_id, spec.template)).collect::<Vec<_>>();
+            assert_eq!(ids(&proxy.workers), ids(workers), "the same workers as the per-worker fleet");
+            assert!(proxy.workers.iter().all(|spec| spec.proxy_id == proxy.workers[0].proxy_id), "one proxy id each");
+        }
+        let first_half = proxies.iter().filter(|proxy| proxy.start_at < start + Duration::from_secs(1)).count();
+        assert!((35..65).contains(&first_half), "phases are spread evenly: {first_half} of 100 in the first half");
+    }
+
+    /// A driver's shared state for cutting requests; no runtime needed.
+    fn driver(batched: bool, max_hold_ms: u32) -> Driver {
+        let settings = SyncSettings {
+            analyzer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            token: "t0k3n".to_owned(),
+            report_interval: Duration::from_secs(1),
+            max_hold_ms,
+            connections: 1,
+            batched,
+        };
+        Driver::new(settings, Instant::now())
+    }
+
+    /// The body of a complete request to `path` with the filter token.
+    fn request_body<'r>(request: &'r [u8], path: &str) -> &'r [u8] {
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(body_start)) = parsed.parse(request) else { panic!("a complete request") };
+        assert_eq!((parsed.method, parsed.path), (Some("POST"), Some(path)));
+        let header = |name: &str| {
+            let header = parsed.headers.iter().find(|header| header.name == name).expect("the header is there");
+            std::str::from_utf8(header.value).expect("ascii")
+        };
+        assert_eq!(header("authorization"), "Bearer t0k3n");
+        let length: usize = header("content-length").parse().expect("a number");
+        assert_eq!(request.len() - body_start, length, "one HTTP message, nothing after it");
+        &request[body_start..]
+    }
+
+    #[test]
+    fn a_proxy_sends_its_workers_reports_as_one_batch_each_with_its_seq() {
+        let driver = driver(true, 750);
+        let spec = proxy_fleet(3, 1, 4, Instant::now(), Duration::ZERO).remove(0);
+        let ids: Vec<u64> = spec.workers.iter().map(|worker| worker.worker_id).collect();
+        let mut workers: Vec<WorkerState> = spec.workers.into_iter().map(WorkerState::new).collect();
+        // One worker is a report ahead, as after a restart of its VM.
+        workers[2].seq = 6;
+        let pending = Pending::cut(&driver.shared, &mut workers, 2);
+        let body = request_body(&pending.request, SYNC_BATCH_PATH);
+        let batch = canary_protocol::ReportBatch::decode(body).expect("a valid batch");
+        assert_eq!(batch.max_hold_ms, 750, "the batch's hold is the workers'");
+        let sent: Vec<(u64, u64)> = batch.reports.iter().map(|r| (r.header.worker_id, r.header.seq)).collect();
+        assert_eq!(sent, [(ids[0], 1), (ids[1], 1), (ids[2], 7), (ids[3], 1)]);
+        assert_eq!(pending.sent, sent);
+        assert_eq!(pending.reported_version, 2);
+        for report in &batch.reports {
+            assert_eq!(report.header.proxy_id, istio_proxy_id(3));
+            assert_eq!((report.header.weights_version, report.header.counts_weights_version), (2, 0));
+        }
+        // The next cut: every worker's next seq, the counts now under the
+        // weights applied at the previous cut.
+        let next = Pending::cut(&driver.shared, &mut workers, 3);
+        let batch = canary_protocol::ReportBatch::decode(request_body(&next.request, SYNC_BATCH_PATH)).expect("valid");
+        let seqs: Vec<u64> = batch.reports.iter().map(|report| report.header.seq).collect();
+        assert_eq!(seqs, [2, 2, 8, 2]);
+        assert!(batch.reports.iter().all(|report| report.header.counts_weights_version == 2));
+    }
+
+    #[test]
+    fn a_worker_alone_sends_the_same_bytes_as_before_batching() {
+        let driver = driver(false, 1_000);
+        let spec = fleet(0, 1, 1, Instant::now(), Duration::ZERO).remove(0);
+        let mut workers = vec![WorkerState::new(spec.clone())];
+        let pending = Pending::cut(&driver.shared, &mut workers, 0);
+        let report = Report {
+            header: ReportHeader {
+                proxy_id: spec.proxy_id.to_string(),
+                worker_id: spec.worker_id,
+                seq: 1,
+                weights_version: 0,
+                counts_weights_version: 0,
+                max_hold_ms: 1_000,
+            },
+            versions: report_templates()[spec.template].clone(),
+        };
+        let head =
+            b"POST /v1/filter/sync HTTP/1.1\r\nhost: canary-analyzer\r\ncontent-type: application/octet-stream\r\n\
+                     authorization: Bearer t0k3n\r\ncontent-length: ";
+        assert_eq!(pending.request, request_bytes(head, &report));
+        assert_eq!(pending.sent, [(spec.worker_id, 1)]);
+        assert_eq!(Report::decode(request_body(&pending.request, SYNC_PATH)), Ok(report));
+    }
+
+    #[test]
+    fn a_batch_ack_must_acknowledge_every_worker_with_its_seq() {
+        let sent = [(7, 3), (9, 1), (4, 12)];
+        let acks = |pairs: &[(u64, u64)]| -> Vec<WorkerAck> {
+            pairs.iter().map(|&(worker_id, acked_seq)| WorkerAck { worker_id, acked_seq }).collect()
+        };
+        assert_eq!(check_batch_ack(&sent, &acks(&sent)), Ok(()));
+        let error = |pairs: &[(u64, u64)]| check_batch_ack(&sent, &acks(pairs)).expect_err("must be rejected");
+        assert_eq!(error(&[(7, 3), (9, 1)]), "report 2 (worker 0x4, seq 12) not acknowledged: 2 acks for 3 reports");
+        assert_eq!(error(&[(7, 3), (9, 0), (4, 12)]), "report 1: worker 0x9 sent seq 1, the analyzer acknowledged 0");
+        assert_eq!(
+            error(&[(7, 3), (4, 12), (9, 1)]),
+            "report 1: sent worker 0x9 seq 1, the analyzer acknowledged worker 0x4 seq 12"
+        );
+        assert_eq!(error(&[(7, 3), (9, 1), (4, 12), (5, 1)]), "4 acks for 3 reports");
+        assert!(check_batch_ack(&sent, &[]).is_err());
+
+        // Through the whole answer, as the sync loop checks it.
+        let pending = Pending { reported_version: 1, sent: sent.to_vec(), request: Vec::new() };
+        let weights = Weights { weights_version: 4, canary_weight: CanaryWeight::from_bp(2_500).expect("valid") };
+        let answer = |pairs: &[(u64, u64)]| BatchAck { weights, acks: acks(pairs) }.to_bytes();
+        assert_eq!(pending.check(true, &answer(&sent)), Ok(weights));
+        let kind = |body: &[u8]| pending.check(true, body).expect_err("must be rejected").0;
+        assert_eq!(kind(&answer(&[(7, 3), (9, 1)])), FailureKind::WrongAck, "a missing worker");
+        assert_eq!(kind(&answer(&[(7, 3), (9, 2), (4, 12)])), FailureKind::WrongAck, "a wrong seq");
+        let single = SyncResponse { acked_seq: 3, weights }.to_bytes();
+        assert_eq!(kind(&single), FailureKind::BadResponse, "a single answer to a batch");
+        assert_eq!(kind(b""), FailureKind::BadResponse);
+
+        let alone = Pending { reported_version: 1, sent: vec![(7, 3)], request: Vec::new() };
+        assert_eq!(alone.check(false, &single), Ok(weights));
+        let stale = SyncResponse { acked_seq: 2, weights }.to_bytes();
+        assert_eq!(
+            alone.check(false, &stale),
+            Err((FailureKind::WrongAck, "sent seq 3, the analyzer acknowledged 2".to_owned()))
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! make Envoy look cheaper than it is). A smoke run uses the debug builds that
 //! `cargo xtask test` already has, and only proves the harness still works.
 
+use std::ffi::OsString;
+use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Result, bail};
@@ -80,6 +82,24 @@ pub fn build_wasm_floors(paths: &Paths) -> Result<()> {
     cmd::run(cargo(paths).args(["build", "--release", "--target", "wasm32-wasip1"]).args(WASM_FLOORS))
 }
 
+/// The `canary-bench` arguments of each run of benchmark `name`: one run; a
+/// smoke of `scale` also runs its batched path (`--batched`, about 9 s, so
+/// CI drives `POST /v1/filter/sync-batch` on the analyzer and the floor),
+/// into a directory of its own so that the per-worker `scale.json` the
+/// summary reads stays the per-worker one.
+fn runs(name: &str, smoke: bool, target: &Path) -> Vec<Vec<OsString>> {
+    let mut first: Vec<OsString> = vec![name.into()];
+    if smoke {
+        first.push("--smoke".into());
+    }
+    let mut runs = vec![first.clone()];
+    if smoke && name == "scale" {
+        let out = target.join("canary-bench-smoke").join("scale-batched");
+        runs.push(first.into_iter().chain(["--batched".into(), "--out".into(), out.into()]).collect());
+    }
+    runs
+}
+
 /// `-p` arguments for the benchmark-only wasm crates.
 pub const WASM_FLOORS: [&str; 4] = ["-p", "bench-noop-filter", "-p", "bench-min-splitter"];
 
@@ -100,11 +120,17 @@ pub fn run(paths: &Paths, tools: &Tools, args: &BenchArgs) -> Result<ExitCode> {
     let smoke_flag: &[&str] = if args.smoke { &["--smoke"] } else { &[] };
     let mut failed = Vec::new();
     for name in &args.names {
-        let mut command = Command::new(&canary_bench);
-        command.arg(name).args(smoke_flag).envs(env.iter().cloned()).current_dir(&paths.root);
-        if let Err(error) = cmd::run(&mut command) {
-            eprintln!("xtask bench: {name} failed: {error:#}");
-            failed.push(name.clone());
+        for run_args in runs(name, args.smoke, &paths.target) {
+            // The name, and what tells its runs apart: `scale --batched`.
+            let label = run_args.iter().take_while(|arg| arg.to_str() != Some("--out"));
+            let label = label.filter(|arg| arg.to_str() != Some("--smoke")).map(|arg| arg.to_string_lossy());
+            let label = label.collect::<Vec<_>>().join(" ");
+            let mut command = Command::new(&canary_bench);
+            command.args(&run_args).envs(env.iter().cloned()).current_dir(&paths.root);
+            if let Err(error) = cmd::run(&mut command) {
+                eprintln!("xtask bench: {label} failed: {error:#}");
+                failed.push(label);
+            }
         }
     }
     let mut summary = Command::new(&canary_bench);
@@ -139,6 +165,23 @@ mod tests {
     fn named_benchmarks_run_once_in_suite_order() -> Result<()> {
         assert_eq!(parse(&["scale", "overhead", "scale"])?.names, ["overhead", "scale"]);
         Ok(())
+    }
+
+    #[test]
+    fn a_scale_smoke_also_runs_the_batched_path_into_its_own_directory() {
+        let target = Path::new("/t");
+        let strings = |runs: Vec<Vec<OsString>>| -> Vec<Vec<String>> {
+            runs.iter().map(|run| run.iter().map(|arg| arg.to_string_lossy().into_owned()).collect()).collect()
+        };
+        assert_eq!(
+            strings(runs("scale", true, target)),
+            [
+                vec!["scale", "--smoke"],
+                vec!["scale", "--smoke", "--batched", "--out", "/t/canary-bench-smoke/scale-batched"]
+            ]
+        );
+        assert_eq!(strings(runs("scale", false, target)), [vec!["scale"]], "a full run measures one mode");
+        assert_eq!(strings(runs("overhead", true, target)), [vec!["overhead", "--smoke"]]);
     }
 
     #[test]

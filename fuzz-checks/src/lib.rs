@@ -9,12 +9,14 @@
 //!
 //! See `fuzz/README.md` for the targets, the invariants and how to run them.
 
+mod batch;
 mod filter_config;
 mod histogram;
 mod report;
 mod rollout_spec;
 mod weights;
 
+pub use batch::check_batch_decode;
 pub use filter_config::check_filter_config;
 pub use histogram::{HistogramInput, check_histogram};
 pub use report::check_report_decode;
@@ -32,4 +34,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("filter_config", check_filter_config),
     ("rollout_spec", check_rollout_spec),
     ("histogram", check_histogram),
+    ("batch_decode", check_batch_decode),
 ];

@@ -13,7 +13,10 @@ use std::path::PathBuf;
 
 use canary_analyzer::aggregate::WeightsRecord;
 use canary_analyzer::weights_file;
-use canary_protocol::{CanaryWeight, Report, ReportHeader, StatusClass, SyncResponse, VersionStats, Weights};
+use canary_protocol::batch::encode_batch;
+use canary_protocol::{
+    BatchAck, CanaryWeight, Report, ReportHeader, StatusClass, SyncResponse, VersionStats, Weights, WorkerAck,
+};
 
 fn write(target: &str, name: &str, data: &[u8]) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
@@ -23,6 +26,10 @@ fn write(target: &str, name: &str, data: &[u8]) {
 }
 
 fn report(requests: &[(StatusClass, u64)], canary: &[(StatusClass, u64)], seq: u64) -> Vec<u8> {
+    worker_report(0x1234_5678_9abc, requests, canary, seq)
+}
+
+fn worker_report(worker_id: u64, requests: &[(StatusClass, u64)], canary: &[(StatusClass, u64)], seq: u64) -> Vec<u8> {
     let stats = |recorded: &[(StatusClass, u64)]| {
         let mut stats = VersionStats::default();
         for &(class, latency_us) in recorded {
@@ -33,7 +40,7 @@ fn report(requests: &[(StatusClass, u64)], canary: &[(StatusClass, u64)], seq: u
     let report = Report {
         header: ReportHeader {
             proxy_id: "envoy-1.default".to_owned(),
-            worker_id: 0x1234_5678_9abc,
+            worker_id,
             seq,
             weights_version: 7,
             counts_weights_version: 6,
@@ -170,6 +177,38 @@ fn write_seed_corpus() {
     for (name, format, text) in specs {
         write("rollout_spec", name, &[&[*format], text.as_bytes()].concat());
     }
+
+    // batch_decode: report batches framed by the real encoder around the
+    // report seeds' bytes, their damage, and batch acknowledgements.
+    let batch = |max_hold_ms, reports: &[&[u8]]| {
+        let mut bytes = Vec::new();
+        encode_batch(max_hold_ms, reports.iter().copied(), &mut bytes);
+        bytes
+    };
+    let worker_2 = worker_report(2, &[(Success, 700), (Success, 650)], &[], 7);
+    let worker_3 = worker_report(3, &[(ServerError, 12_000)], &[(Success, 1_500), (Success, 1_600)], 1);
+    write("batch_decode", "one-report", &batch(1_000, &[&empty]));
+    let three = batch(750, &[&typical, &worker_2, &worker_3]);
+    write("batch_decode", "three-reports", &three);
+    write("batch_decode", "buckets", &batch(u32::MAX, &[&extremes]));
+    write("batch_decode", "count-zero", b"CB\x01\x00\x00");
+    write("batch_decode", "count-257", b"CB\x01\x00\x81\x02");
+    write("batch_decode", "report-length-zero", b"CB\x01\x00\x01\x00");
+    write("batch_decode", "truncated", &three[..three.len() - 3]);
+    write("batch_decode", "trailing-byte", &[three.as_slice(), &[0]].concat());
+    // The second report has seq 0: the decoder blames report 1.
+    write("batch_decode", "bad-second-report", &batch(0, &[&worker_2, &report(&[(Success, 1)], &[], 0)]));
+    let ack = |bp, acks: &[(u64, u64)]| {
+        BatchAck {
+            weights: Weights { weights_version: 7, canary_weight: CanaryWeight::from_bp(bp).expect("in range") },
+            acks: acks.iter().map(|&(worker_id, acked_seq)| WorkerAck { worker_id, acked_seq }).collect(),
+        }
+        .to_bytes()
+    };
+    write("batch_decode", "ack", &ack(1_000, &[(0x1234_5678_9abc, 42), (2, 7), (3, 1)]));
+    write("batch_decode", "ack-none", &ack(10_000, &[]));
+    write("batch_decode", "ack-weight-over", b"CA\x01\x01\x91\x4e\x00");
+    write("batch_decode", "ack-count-257", b"CA\x01\x01\x00\x81\x02");
 
     // histogram: the input is read through `arbitrary`, so any bytes are a
     // valid input; a few lengths and patterns give the fuzzer a start.

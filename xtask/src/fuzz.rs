@@ -26,7 +26,8 @@ use crate::cmd;
 
 /// Every target, in the order they run. Must match `fuzz/Cargo.toml`'s bins
 /// and `canary_fuzz_checks::TARGETS`.
-pub const TARGETS: &[&str] = &["report_decode", "weights_decode", "filter_config", "rollout_spec", "histogram"];
+pub const TARGETS: &[&str] =
+    &["report_decode", "weights_decode", "filter_config", "rollout_spec", "histogram", "batch_decode"];
 
 /// Seconds per target of `cargo xtask fuzz` without `--seconds`.
 const DEFAULT_SECONDS: u64 = 10;

@@ -55,8 +55,8 @@ commands:
                is lost (target/debug/canary-soak --help lists ARGS)
   fuzz [--seconds N] [TARGET...]
                run the cargo-fuzz targets (report_decode, weights_decode, filter_config, rollout_spec,
-               histogram; default all) for N seconds each (default 10) on nightly, installing cargo-fuzz
-               if missing; prints executions per target (fuzz/README.md)
+               histogram, batch_decode; default all) for N seconds each (default 10) on nightly,
+               installing cargo-fuzz if missing; prints executions per target (fuzz/README.md)
   oci [--tag VERSION] [--update-manifests]
                build the filter and write it as an OCI image (Istio's compat variant, no Docker) to
                target/oci/canary-filter/ and target/oci/canary-filter.tar; prints the image digest, the

@@ -31,6 +31,9 @@ pub struct FilterConfig {
     pub proxy_id: Option<String>,
     /// The testers' override header (`"override"` in JSON); off when `None`.
     pub version_override: Option<VersionOverride>,
+    /// One VM per Envoy sends every worker's report in one batched call
+    /// (`crate::reporter`) instead of one sync call per worker VM.
+    pub batch_reports: bool,
 }
 
 /// The one way a client may choose its version: a configured request header
@@ -251,6 +254,8 @@ struct RawConfig {
     proxy_id: Option<String>,
     #[serde(default, rename = "override")]
     version_override: Option<RawOverride>,
+    #[serde(default)]
+    batch_reports: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -341,6 +346,7 @@ impl RawConfig {
             initial_canary_weight,
             proxy_id: self.proxy_id,
             version_override,
+            batch_reports: self.batch_reports,
         })
     }
 }

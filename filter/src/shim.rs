@@ -8,18 +8,22 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use canary_protocol::{StatusClass, SyncResponse, Version, cookie_value};
+use canary_protocol::{BatchAck, StatusClass, SyncResponse, Version, cookie_value};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
-use crate::worker::{SyncFailure, Worker};
+use crate::reporter::{
+    LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, lease_action, lease_duration_ms,
+};
+use crate::worker::{SyncFailure, SyncOutcome, Worker};
 
 /// How often each worker checks whether a sync or a metrics flush is due.
 /// Weight changes do not wait for it: they arrive on the open sync call.
 const TICK: Duration = Duration::from_millis(200);
 const SYNC_PATH: &str = "/v1/filter/sync";
+const SYNC_BATCH_PATH: &str = "/v1/filter/sync-batch";
 /// With the `test-panic` feature (test builds only), a request carrying this
 /// header makes the filter panic, to test Envoy's failure policy.
 #[cfg(feature = "test-panic")]
@@ -58,6 +62,31 @@ struct CanaryRoot {
     /// Envoy is tearing the VM down (`on_done`): the last unacknowledged
     /// counts are being sent, and `done()` ends the VM after that.
     shutting_down: bool,
+    /// Batched mode (`batch_reports`); `None` sends this worker's own syncs.
+    batched: Option<Batched>,
+}
+
+/// A VM's part in batched reporting (see `crate::reporter`).
+struct Batched {
+    /// This VM's shared queue: acknowledgements arrive here, and reports
+    /// while this VM is the reporter.
+    queue_id: u32,
+    role: Role,
+    reporter: Reporter,
+    /// The batch call in flight, if this VM sent one.
+    batch_call: Option<u32>,
+    /// Scratch for messages and batch bodies, kept to reuse its capacity.
+    scratch: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Holds the lease: collects reports and sends the batches.
+    Reporter,
+    /// Sends its reports to the reporter's queue.
+    Worker { reporter_queue: u32 },
+    /// Could not read or take the lease yet; reports wait for the next tick.
+    Unknown,
 }
 
 impl CanaryRoot {
@@ -70,6 +99,7 @@ impl CanaryRoot {
             flushed_sync_failures: 0,
             flushed_sync_timeouts: 0,
             shutting_down: false,
+            batched: None,
         }
     }
 
@@ -77,7 +107,17 @@ impl CanaryRoot {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Starts this worker's next sync: through the reporter in batched mode,
+    /// else (and always while shutting down) as its own HTTP call.
     fn start_sync(&mut self) {
+        if self.batched.is_some() && !self.shutting_down {
+            self.start_batched_sync();
+        } else {
+            self.start_direct_sync();
+        }
+    }
+
+    fn start_direct_sync(&mut self) {
         let Some(configured) = self.configured.clone() else { return };
         let now_ms = self.now_ms();
         let config = &configured.config;
@@ -112,7 +152,8 @@ impl CanaryRoot {
                 self.flushed_requests[index] = total;
             }
         }
-        let failures = worker.sync_failures_total();
+        let batch_failures = self.batched.as_ref().map_or(0, |batched| batched.reporter.batches_failed_total());
+        let failures = worker.sync_failures_total() + batch_failures;
         let delta = failures - self.flushed_sync_failures;
         if delta > 0 && hostcalls::increment_metric(metrics.sync_failures, delta as i64).is_ok() {
             self.flushed_sync_failures = failures;
@@ -141,6 +182,13 @@ impl Context for CanaryRoot {
     fn on_done(&mut self) -> bool {
         let Some(configured) = self.configured.clone() else { return true };
         self.shutting_down = true;
+        if self.batched.is_some() {
+            // Hand the reporter's role over at once rather than after the
+            // lease expires, and send this worker's report itself: the
+            // final sync goes direct (see `start_sync`).
+            self.release_lease();
+            configured.worker.borrow_mut().abandon_sync();
+        }
         configured.worker.borrow_mut().stop_holding();
         let (in_flight, unreported, (in_report, accumulating)) = {
             let worker = configured.worker.borrow();
@@ -177,12 +225,25 @@ impl Context for CanaryRoot {
         !in_flight
     }
 
-    fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.batched.as_ref().is_some_and(|batched| batched.batch_call == Some(token_id)) {
+            self.finish_batch_call(num_headers, body_size);
+            return;
+        }
         let Some(configured) = self.configured.clone() else { return };
         let now_ms = self.now_ms();
         let result = read_sync_response(num_headers, body_size);
         let failure = result.as_ref().err().cloned();
         let outcome = configured.worker.borrow_mut().finish_sync(now_ms, result);
+        self.after_sync(&configured, outcome, failure);
+    }
+}
+
+impl CanaryRoot {
+    /// What follows every finished sync, whether its answer came as this
+    /// worker's own HTTP response or through the reporter: logs, gauges,
+    /// the shutdown's next step, and the next sync when it is due at once.
+    fn after_sync(&mut self, configured: &Configured, outcome: SyncOutcome, failure: Option<SyncFailure>) {
         {
             let worker = configured.worker.borrow();
             if let Some((old, new)) = outcome.weights_changed {
@@ -233,6 +294,247 @@ impl CanaryRoot {
     }
 }
 
+/// Batched reporting (`batch_reports`): the lease, the worker's side and the
+/// reporter's side. The rules are in `crate::reporter`; this moves bytes.
+impl CanaryRoot {
+    /// Turns batched mode on or off, as the configuration says.
+    fn set_batched(&mut self, on: bool) {
+        let Some(configured) = self.configured.clone() else { return };
+        if !on {
+            if self.batched.take().is_some() {
+                // A report waiting on the reporter would otherwise wait for
+                // ever: direct syncs get their timeout from Envoy.
+                configured.worker.borrow_mut().abandon_sync();
+            }
+            return;
+        }
+        if self.batched.is_some() {
+            return;
+        }
+        let worker_id = configured.worker.borrow().worker_id();
+        match hostcalls::register_shared_queue(&format!("canary_split/{worker_id:016x}")) {
+            Ok(queue_id) => {
+                self.batched = Some(Batched {
+                    queue_id,
+                    role: Role::Unknown,
+                    reporter: Reporter::new(configured.config.report_interval_ms),
+                    batch_call: None,
+                    scratch: Vec::new(),
+                });
+                self.refresh_lease();
+            }
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!("batch_reports: cannot register a shared queue ({status:?}); this worker syncs directly"),
+            ),
+        }
+    }
+
+    /// Reads the lease, then renews, follows or takes it.
+    fn refresh_lease(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        let Some(batched) = self.batched.as_mut() else { return };
+        let worker_id = configured.worker.borrow().worker_id();
+        let interval_ms = u64::from(configured.config.report_interval_ms);
+        let now_unix_ms = unix_now_ms();
+        let role = match hostcalls::get_shared_data(LEASE_KEY) {
+            Err(_) => Role::Unknown,
+            Ok((value, cas)) => {
+                match lease_action(value.as_deref().and_then(Lease::from_bytes), worker_id, now_unix_ms) {
+                    LeaseAction::Follow { queue_token } => Role::Worker { reporter_queue: queue_token },
+                    LeaseAction::Renew | LeaseAction::Take => {
+                        let lease = Lease {
+                            owner_worker_id: worker_id,
+                            queue_token: batched.queue_id,
+                            expires_at_unix_ms: now_unix_ms + lease_duration_ms(interval_ms),
+                        };
+                        // A CAS mismatch means another VM wrote first; the next
+                        // read says who holds it. (An absent key has no CAS, so
+                        // two VMs can both take it; for one tick both send
+                        // batches, which the analyzer deduplicates.)
+                        match hostcalls::set_shared_data(LEASE_KEY, Some(&lease.to_bytes()), cas) {
+                            Ok(()) => Role::Reporter,
+                            Err(_) => Role::Unknown,
+                        }
+                    }
+                }
+            }
+        };
+        if role != batched.role {
+            if batched.role == Role::Reporter {
+                // Reports held here are re-sent by their workers after their
+                // sync timeout, to the new reporter.
+                batched.reporter = Reporter::new(configured.config.report_interval_ms);
+                log(LogLevel::Info, "batch_reports: another VM took over as this Envoy's reporter");
+            } else if role == Role::Reporter {
+                log(LogLevel::Info, "batch_reports: this VM is now this Envoy's reporter");
+            }
+            batched.role = role;
+        }
+    }
+
+    /// Gives the lease up if this VM holds it, so another takes over at its
+    /// next tick.
+    fn release_lease(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        let Some(batched) = self.batched.as_mut() else { return };
+        if batched.role != Role::Reporter {
+            return;
+        }
+        let worker_id = configured.worker.borrow().worker_id();
+        if let Ok((Some(value), cas)) = hostcalls::get_shared_data(LEASE_KEY)
+            && Lease::from_bytes(&value).is_some_and(|lease| lease.owner_worker_id == worker_id)
+        {
+            let expired = Lease { owner_worker_id: worker_id, queue_token: batched.queue_id, expires_at_unix_ms: 0 };
+            let _ = hostcalls::set_shared_data(LEASE_KEY, Some(&expired.to_bytes()), cas);
+        }
+        batched.role = Role::Unknown;
+    }
+
+    /// The worker's side: hands the report to the reporter (this VM's own
+    /// table when it is the reporter, else the reporter's queue).
+    fn start_batched_sync(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        if self.batched.as_ref().is_some_and(|batched| batched.role == Role::Unknown) {
+            self.refresh_lease();
+        }
+        let now_ms = self.now_ms();
+        let Some(batched) = self.batched.as_mut() else { return };
+        let failure = {
+            let mut worker = configured.worker.borrow_mut();
+            worker.begin_sync(now_ms);
+            let worker_id = worker.worker_id();
+            let Some((seq, report)) = worker.unacked_report() else { return };
+            let message = ReportMessage { queue_token: batched.queue_id, worker_id, seq, report };
+            match batched.role {
+                Role::Reporter => {
+                    batched.reporter.receive(message, now_ms);
+                    None
+                }
+                Role::Worker { reporter_queue } => {
+                    batched.scratch.clear();
+                    message.encode(&mut batched.scratch);
+                    hostcalls::enqueue_shared_queue(reporter_queue, Some(&batched.scratch))
+                        .err()
+                        .map(|_| SyncFailure::NoReporter)
+                }
+                Role::Unknown => Some(SyncFailure::NoReporter),
+            }
+        };
+        if let Some(failure) = failure {
+            let outcome = configured.worker.borrow_mut().finish_sync(now_ms, Err(failure.clone()));
+            self.after_sync(&configured, outcome, Some(failure));
+            return;
+        }
+        self.send_batch_if_due(false);
+    }
+
+    /// A report the reporter never acknowledged within the sync timeout
+    /// fails, so that it is re-sent (Envoy's call timeout does this for a
+    /// worker's own call).
+    fn expire_batched_sync(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let outcome = {
+            let mut worker = configured.worker.borrow_mut();
+            if !worker.sync_timed_out(now_ms) {
+                return;
+            }
+            let open_ms = worker.sync_open_ms(now_ms);
+            worker.finish_sync(now_ms, Err(SyncFailure::Timeout { open_ms }))
+        };
+        let open_ms = configured.worker.borrow().sync_open_ms(now_ms);
+        self.after_sync(&configured, outcome, Some(SyncFailure::Timeout { open_ms }));
+    }
+
+    /// The worker's side: an acknowledgement from the reporter. One for a
+    /// seq this worker is not waiting on (a late answer to a report it has
+    /// re-sent since) is dropped.
+    fn on_ack(&mut self, response: SyncResponse) {
+        // A VM shutting down sends its report directly; that answer ends it.
+        if self.shutting_down {
+            return;
+        }
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let outcome = {
+            let mut worker = configured.worker.borrow_mut();
+            if worker.unacked_seq() != Some(response.acked_seq) {
+                return;
+            }
+            worker.finish_sync(now_ms, Ok(response))
+        };
+        self.after_sync(&configured, outcome, None);
+    }
+
+    /// The reporter's side: sends the waiting reports as one batch when due.
+    fn send_batch_if_due(&mut self, at_tick: bool) {
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let shutting_down = self.shutting_down;
+        let Some(batched) = self.batched.as_mut() else { return };
+        if batched.role != Role::Reporter || shutting_down || !batched.reporter.send_due(now_ms, at_tick) {
+            return;
+        }
+        let config = &configured.config;
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", SYNC_BATCH_PATH),
+            (":authority", config.analyzer_authority.as_str()),
+            ("content-type", "application/octet-stream"),
+        ];
+        if !config.analyzer_token.is_empty() {
+            headers.push(("authorization", configured.authorization.as_str()));
+        }
+        batched.scratch.clear();
+        batched.reporter.begin_batch(now_ms, config.report_interval_ms, &mut batched.scratch);
+        let timeout = Duration::from_millis(batched.reporter.batch_timeout_ms());
+        match hostcalls::dispatch_http_call(&config.analyzer_cluster, headers, Some(&batched.scratch), vec![], timeout)
+        {
+            Ok(token) => batched.batch_call = Some(token),
+            Err(_) => {
+                batched.reporter.finish_batch(now_ms, None);
+                log_batch_failure(&batched.reporter, &SyncFailure::Dispatch, config);
+            }
+        }
+    }
+
+    /// The reporter's side: the analyzer answered a batch (or the call
+    /// failed). Each worker's acknowledgement goes to its queue, this VM's
+    /// own straight to its worker.
+    fn finish_batch_call(&mut self, num_headers: usize, body_size: usize) {
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let Some(batched) = self.batched.as_mut() else { return };
+        batched.batch_call = None;
+        let deliveries = match read_call_body(num_headers, body_size)
+            .and_then(|body| BatchAck::decode(&body).map_err(|error| SyncFailure::BadBody(error.to_string())))
+        {
+            Ok(ack) => batched.reporter.finish_batch(now_ms, Some(ack)),
+            Err(failure) => {
+                batched.reporter.finish_batch(now_ms, None);
+                log_batch_failure(&batched.reporter, &failure, &configured.config);
+                Vec::new()
+            }
+        };
+        let mut own = None;
+        for delivery in deliveries {
+            if delivery.queue_token == batched.queue_id {
+                own = Some(delivery.response);
+                continue;
+            }
+            batched.scratch.clear();
+            delivery.response.encode(&mut batched.scratch);
+            // A worker whose VM is gone has no queue any more; nothing to do.
+            let _ = hostcalls::enqueue_shared_queue(delivery.queue_token, Some(&batched.scratch));
+        }
+        if let Some(response) = own {
+            self.on_ack(response);
+        }
+        self.send_batch_if_due(false);
+    }
+}
+
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
@@ -269,7 +571,9 @@ impl RootContext for CanaryRoot {
                     return true;
                 }
             };
+            let batch_reports = config.batch_reports;
             self.configured = Some(Rc::new(configured(config, worker)));
+            self.set_batched(batch_reports);
             return true;
         }
         let proxy_id = config.proxy_id.clone().unwrap_or_else(node_id);
@@ -277,7 +581,9 @@ impl RootContext for CanaryRoot {
         let rng_seed = getrandom::u64().unwrap_or_else(|_| fallback_entropy() ^ worker_id.rotate_left(17));
         let worker =
             Worker::new(proxy_id, worker_id, rng_seed, config.report_interval_ms, config.initial_canary_weight);
+        let batch_reports = config.batch_reports;
         self.configured = Some(Rc::new(configured(config, worker)));
+        self.set_batched(batch_reports);
         self.metrics = define_metrics();
         self.record_weight_gauges();
         let _ = hostcalls::set_tick_period(TICK);
@@ -292,10 +598,38 @@ impl RootContext for CanaryRoot {
             // Syncs continue only through `continue_shutdown`.
             return;
         }
+        if self.batched.is_some() {
+            self.refresh_lease();
+            self.expire_batched_sync();
+        }
         let due = self.configured.as_ref().is_some_and(|c| c.worker.borrow().sync_due(self.now_ms()));
         if due {
             self.start_sync();
         }
+        self.send_batch_if_due(true);
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let mut acks = Vec::new();
+        let now_ms = self.now_ms();
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
+            if bytes.first() == Some(&REPORT_MESSAGE_TAG) {
+                // A report for the reporter. One that reaches a VM that lost
+                // the lease is dropped: its worker re-sends it after its
+                // sync timeout, to the reporter of that time.
+                if let Some(batched) = self.batched.as_mut().filter(|batched| batched.role == Role::Reporter)
+                    && let Ok(message) = ReportMessage::decode(&bytes)
+                {
+                    batched.reporter.receive(message, now_ms);
+                }
+            } else if let Ok(response) = SyncResponse::decode(&bytes) {
+                acks.push(response);
+            }
+        }
+        for response in acks {
+            self.on_ack(response);
+        }
+        self.send_batch_if_due(false);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -424,6 +758,12 @@ fn configured(config: FilterConfig, worker: Worker) -> Configured {
 }
 
 fn read_sync_response(num_headers: usize, body_size: usize) -> Result<SyncResponse, SyncFailure> {
+    let body = read_call_body(num_headers, body_size)?;
+    SyncResponse::decode(&body).map_err(|error| SyncFailure::BadBody(error.to_string()))
+}
+
+/// The body of a 200 answer to a call to the analyzer.
+fn read_call_body(num_headers: usize, body_size: usize) -> Result<Vec<u8>, SyncFailure> {
     if num_headers == 0 {
         return Err(SyncFailure::NoResponse);
     }
@@ -435,8 +775,16 @@ fn read_sync_response(num_headers: usize, body_size: usize) -> Result<SyncRespon
     if status != 200 {
         return Err(SyncFailure::Status(status));
     }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
-    SyncResponse::decode(&body).map_err(|error| SyncFailure::BadBody(error.to_string()))
+    Ok(hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten().unwrap_or_default())
+}
+
+/// Envoy's wall clock in Unix milliseconds: the same in every VM, so the
+/// lease's expiry means the same to all of them.
+fn unix_now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn is_upstream_response() -> bool {
@@ -493,6 +841,21 @@ fn log_sync_failure(worker: &Worker, failure: &SyncFailure, config: &FilterConfi
             config.analyzer_cluster, weights.weights_version, weights.canary_weight
         ),
     );
+}
+
+/// Logged at the first failure of a run of batch failures, as a worker's
+/// own sync failures are.
+fn log_batch_failure(reporter: &Reporter, failure: &SyncFailure, config: &FilterConfig) {
+    if reporter.is_first_failure() {
+        log(
+            LogLevel::Warn,
+            &format!(
+                "batched sync with analyzer cluster {:?} failed: {failure}; keeping every worker's report \
+                 until it answers",
+                config.analyzer_cluster
+            ),
+        );
+    }
 }
 
 fn log(level: LogLevel, message: &str) {

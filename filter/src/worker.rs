@@ -53,6 +53,8 @@ pub enum SyncFailure {
     BadBody(String),
     /// A 200 acknowledging a seq other than the one sent.
     WrongAck { sent: u64, acked: u64 },
+    /// Batched mode: no reporter VM could be reached in this Envoy.
+    NoReporter,
 }
 
 impl std::fmt::Display for SyncFailure {
@@ -64,6 +66,7 @@ impl std::fmt::Display for SyncFailure {
             SyncFailure::Status(status) => write!(f, "analyzer answered HTTP {status}"),
             SyncFailure::BadBody(error) => write!(f, "bad response body: {error}"),
             SyncFailure::WrongAck { sent, acked } => write!(f, "sent seq {sent} but the analyzer acknowledged {acked}"),
+            SyncFailure::NoReporter => f.write_str("no reporter VM in this Envoy could take the report (batched mode)"),
         }
     }
 }
@@ -216,6 +219,44 @@ impl Worker {
     /// Whether a sync call is open.
     pub fn sync_in_flight(&self) -> bool {
         self.in_flight
+    }
+
+    /// Random per VM; names this worker in reports.
+    pub fn worker_id(&self) -> u64 {
+        self.header.worker_id
+    }
+
+    /// Seq of the report cut and not yet acknowledged.
+    pub fn unacked_seq(&self) -> Option<u64> {
+        self.unacked.as_ref().map(|(seq, _)| *seq)
+    }
+
+    /// The report cut and not yet acknowledged, with its seq: what
+    /// [`Worker::begin_sync`] returned.
+    pub fn unacked_report(&self) -> Option<(u64, &[u8])> {
+        self.unacked.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice()))
+    }
+
+    /// Batched mode: whether the report handed to the reporter has gone
+    /// unacknowledged for a whole sync timeout. The shim then ends the sync
+    /// as [`SyncFailure::Timeout`], and the report is re-sent, to whichever
+    /// VM is the reporter by then. (A worker's own HTTP call gets this from
+    /// Envoy's call timeout.)
+    pub fn sync_timed_out(&self, now_ms: u64) -> bool {
+        self.in_flight && now_ms.saturating_sub(self.last_dispatch_ms) >= self.sync_timeout_ms()
+    }
+
+    /// Open for [`SyncFailure::Timeout`] to carry.
+    pub fn sync_open_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_dispatch_ms)
+    }
+
+    /// Batched mode, VM shutting down: stop waiting for the reporter's
+    /// acknowledgement, so the report can be sent directly in the final
+    /// sync. The report keeps its seq, so the analyzer counts it once
+    /// whichever copy arrives first.
+    pub fn abandon_sync(&mut self) {
+        self.in_flight = false;
     }
 
     /// Whether a sync should start now.

@@ -26,6 +26,7 @@ fn minimal_config_gets_documented_defaults() {
             initial_canary_weight: CanaryWeight::ZERO,
             proxy_id: None,
             version_override: None,
+            batch_reports: false,
         }
     );
 }
@@ -36,9 +37,10 @@ fn full_config_parses() {
         br#"{"analyzer_cluster": "outbound|9190||canary-analyzer.canary.svc.cluster.local",
              "analyzer_authority": "canary-analyzer:9190", "analyzer_token": "s3cret",
              "report_interval_ms": 500, "route_header": "X-Route", "sticky": {"cookie": "session"},
-             "initial_canary_weight_bp": 1, "proxy_id": "gw-1"}"#,
+             "initial_canary_weight_bp": 1, "proxy_id": "gw-1", "batch_reports": true}"#,
     )
     .expect("valid");
+    assert!(config.batch_reports);
     assert_eq!(config.route_header, "x-route");
     assert_eq!(config.sticky, Some(StickyKey::Cookie("session".into())));
     assert_eq!(config.initial_canary_weight.bp(), 1);
@@ -62,6 +64,7 @@ fn bad_configs_name_the_field() {
     check_error(r#"{"analyzer_cluster": "a", "initial_canary_weight_bp": 10001}"#, "initial_canary_weight_bp:");
     check_error(r#"{"analyzer_cluster": "a", "analyzer_token": "a b"}"#, "analyzer_token: must be");
     check_error(r#"{"analyzer_cluster": "a", "proxy_id": ""}"#, "proxy_id: must be");
+    check_error(r#"{"analyzer_cluster": "a", "batch_reports": "yes"}"#, "batch_reports: invalid type");
 }
 
 fn override_of(json: &str) -> VersionOverride {

@@ -8,6 +8,7 @@
 //! printed to stderr; add `-- --nocapture` to see them.
 
 mod backend;
+mod batched;
 mod config;
 mod conservation;
 mod control;

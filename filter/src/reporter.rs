@@ -1,0 +1,322 @@
+//! Batched reporting (`"batch_reports": true`): one VM per Envoy, the
+//! reporter, sends every worker's report to the analyzer in one
+//! `POST /v1/filter/sync-batch`, instead of one sync call per worker VM.
+//!
+//! The parts, each plain logic tested natively; the shim moves the bytes:
+//! - **The lease** ([`Lease`], [`lease_action`]): which VM is the reporter,
+//!   held in Envoy shared data and renewed every tick, taken over by another
+//!   VM once it expires. Istio runs the module only as an HTTP filter, with
+//!   no singleton service, so the reporter is one of the filter VMs.
+//! - **Worker → reporter** ([`ReportMessage`]): a worker enqueues its report,
+//!   byte for byte as it would have sent it, into the reporter's shared
+//!   queue, with its own queue token so the reporter can answer.
+//! - **The reporter** ([`Reporter`]): keeps each worker's latest report
+//!   until it is acknowledged, frames them into one batch, and turns the
+//!   analyzer's [`BatchAck`] into one [`SyncResponse`] per worker, which the
+//!   shim enqueues into that worker's queue. Workers then run exactly the
+//!   state machine of [`crate::worker`], with the acknowledgement arriving
+//!   through their queue instead of an HTTP response.
+//!
+//! Nothing here can lose or double a count: reports keep their own seq, a
+//! worker re-sends an unacknowledged report after its sync timeout (to
+//! whichever VM holds the lease then), and the analyzer deduplicates by
+//! worker and seq.
+
+use std::collections::BTreeMap;
+
+use canary_protocol::batch::{MAX_BATCH_REPORTS, encode_batch};
+use canary_protocol::{BatchAck, SyncResponse};
+
+/// Shared-data key of the lease.
+pub const LEASE_KEY: &str = "canary_split/reporter";
+
+/// Who the reporter is and how to reach it, as stored under [`LEASE_KEY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub owner_worker_id: u64,
+    /// The owner's shared queue, for workers' reports.
+    pub queue_token: u32,
+    /// Wall-clock milliseconds (Envoy's clock, the same in every VM) after
+    /// which another VM may take the lease.
+    pub expires_at_unix_ms: u64,
+}
+
+const LEASE_BYTES: usize = 20;
+
+impl Lease {
+    pub fn to_bytes(&self) -> [u8; LEASE_BYTES] {
+        let mut out = [0u8; LEASE_BYTES];
+        out[..8].copy_from_slice(&self.owner_worker_id.to_le_bytes());
+        out[8..12].copy_from_slice(&self.queue_token.to_le_bytes());
+        out[12..].copy_from_slice(&self.expires_at_unix_ms.to_le_bytes());
+        out
+    }
+
+    /// `None` for anything but the exact layout: a lease someone else wrote
+    /// wrongly is treated as expired, and taken over.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Lease> {
+        let bytes: &[u8; LEASE_BYTES] = bytes.try_into().ok()?;
+        let (owner, rest) = bytes.split_at(8);
+        let (token, expires) = rest.split_at(4);
+        Some(Lease {
+            owner_worker_id: u64::from_le_bytes(owner.try_into().ok()?),
+            queue_token: u32::from_le_bytes(token.try_into().ok()?),
+            expires_at_unix_ms: u64::from_le_bytes(expires.try_into().ok()?),
+        })
+    }
+}
+
+/// What a VM does with the lease at its tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// This VM holds it: write it again with a later expiry.
+    Renew,
+    /// Another VM holds it: send reports to its queue.
+    Follow { queue_token: u32 },
+    /// Nobody holds it (absent, expired or unreadable): try to take it.
+    Take,
+}
+
+/// The lease rule. A lease lasts three report intervals (at least a second),
+/// so a reporter that misses a tick or two keeps it.
+pub fn lease_action(current: Option<Lease>, my_worker_id: u64, now_unix_ms: u64) -> LeaseAction {
+    match current {
+        Some(lease) if lease.owner_worker_id == my_worker_id => LeaseAction::Renew,
+        Some(lease) if lease.expires_at_unix_ms > now_unix_ms => LeaseAction::Follow { queue_token: lease.queue_token },
+        _ => LeaseAction::Take,
+    }
+}
+
+/// How long a lease lasts from its last renewal.
+pub fn lease_duration_ms(report_interval_ms: u64) -> u64 {
+    (3 * report_interval_ms).max(1_000)
+}
+
+/// A worker's report on its way to the reporter: a fixed header the
+/// reporter needs without decoding the report, then the report's bytes.
+///
+/// | bytes | field |
+/// |---|---|
+/// | 1 | `b'R'` |
+/// | 4 | the worker's queue token, little-endian |
+/// | 8 | worker id, little-endian |
+/// | 8 | seq, little-endian |
+/// | rest | the version-1 report |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportMessage<'b> {
+    pub queue_token: u32,
+    pub worker_id: u64,
+    pub seq: u64,
+    pub report: &'b [u8],
+}
+
+/// First byte of a [`ReportMessage`]; an acknowledgement on a worker's
+/// queue is a [`SyncResponse`], which starts with `b'C'`.
+pub const REPORT_MESSAGE_TAG: u8 = b'R';
+const REPORT_MESSAGE_HEADER: usize = 21;
+
+impl<'b> ReportMessage<'b> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(REPORT_MESSAGE_HEADER + self.report.len());
+        out.push(REPORT_MESSAGE_TAG);
+        out.extend_from_slice(&self.queue_token.to_le_bytes());
+        out.extend_from_slice(&self.worker_id.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(self.report);
+    }
+
+    pub fn decode(bytes: &'b [u8]) -> Result<ReportMessage<'b>, &'static str> {
+        if bytes.len() <= REPORT_MESSAGE_HEADER {
+            return Err("report message shorter than its header");
+        }
+        if bytes[0] != REPORT_MESSAGE_TAG {
+            return Err("not a report message");
+        }
+        let word = |range: std::ops::Range<usize>| -> [u8; 8] { bytes[range].try_into().unwrap_or([0; 8]) };
+        let queue_token = u32::from_le_bytes(bytes[1..5].try_into().unwrap_or([0; 4]));
+        Ok(ReportMessage {
+            queue_token,
+            worker_id: u64::from_le_bytes(word(5..13)),
+            seq: u64::from_le_bytes(word(13..21)),
+            report: &bytes[REPORT_MESSAGE_HEADER..],
+        })
+    }
+}
+
+/// One worker as the reporter knows it.
+#[derive(Debug)]
+struct Known {
+    queue_token: u32,
+    last_seen_ms: u64,
+    /// The report not yet acknowledged: (seq, bytes).
+    pending: Option<(u64, Vec<u8>)>,
+    /// Seq of `pending` in the batch in flight, if it is in it.
+    in_flight_seq: Option<u64>,
+}
+
+/// What to do with an answered batch: one message per worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub queue_token: u32,
+    pub response: SyncResponse,
+}
+
+/// The reporter's state (only the VM holding the lease uses it).
+#[derive(Debug)]
+pub struct Reporter {
+    report_interval_ms: u64,
+    workers: BTreeMap<u64, Known>,
+    in_flight: bool,
+    last_dispatch_ms: u64,
+    next_send_ms: u64,
+    batches_failed_total: u64,
+    consecutive_failures: u64,
+}
+
+impl Reporter {
+    pub fn new(report_interval_ms: u32) -> Reporter {
+        Reporter {
+            report_interval_ms: u64::from(report_interval_ms),
+            workers: BTreeMap::new(),
+            in_flight: false,
+            last_dispatch_ms: 0,
+            next_send_ms: 0,
+            batches_failed_total: 0,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// A worker is live while it reported within two and a half intervals:
+    /// at least once per interval, plus slack for a slow tick.
+    fn is_live(&self, known: &Known, now_ms: u64) -> bool {
+        now_ms.saturating_sub(known.last_seen_ms) <= self.report_interval_ms * 5 / 2
+    }
+
+    /// Takes a worker's report. A newer seq replaces the older one, which
+    /// the worker only moves past once it was acknowledged; the same seq
+    /// again (a re-send) keeps the bytes already held.
+    pub fn receive(&mut self, message: ReportMessage<'_>, now_ms: u64) {
+        let known = self.workers.entry(message.worker_id).or_insert(Known {
+            queue_token: message.queue_token,
+            last_seen_ms: now_ms,
+            pending: None,
+            in_flight_seq: None,
+        });
+        known.queue_token = message.queue_token;
+        known.last_seen_ms = now_ms;
+        let newer = known.pending.as_ref().is_none_or(|(seq, _)| message.seq > *seq);
+        if newer {
+            known.pending = Some((message.seq, message.report.to_vec()));
+        }
+    }
+
+    /// Whether a batch should go now: nothing in flight, past the backoff,
+    /// something to send, and either every live worker has a report waiting
+    /// (so one batch carries all of them, as after an answer) or `at_tick`
+    /// (a worker that went quiet must not hold the others back longer than
+    /// a tick).
+    pub fn send_due(&self, now_ms: u64, at_tick: bool) -> bool {
+        if self.in_flight || now_ms < self.next_send_ms {
+            return false;
+        }
+        let mut waiting = 0usize;
+        let mut live_without_report = 0usize;
+        for known in self.workers.values() {
+            if known.pending.is_some() {
+                waiting += 1;
+            } else if self.is_live(known, now_ms) {
+                live_without_report += 1;
+            }
+        }
+        waiting > 0 && (at_tick || live_without_report == 0)
+    }
+
+    /// Frames the waiting reports (at most [`MAX_BATCH_REPORTS`], oldest
+    /// workers first by id) into a batch body and marks them in flight.
+    /// Forgets workers gone quiet with nothing left to deliver.
+    pub fn begin_batch(&mut self, now_ms: u64, max_hold_ms: u32, out: &mut Vec<u8>) -> usize {
+        let interval = self.report_interval_ms;
+        self.workers
+            .retain(|_, known| known.pending.is_some() || now_ms.saturating_sub(known.last_seen_ms) <= interval * 10);
+        let mut reports: Vec<&[u8]> = Vec::new();
+        for known in self.workers.values_mut() {
+            known.in_flight_seq = None;
+            if reports.len() == MAX_BATCH_REPORTS {
+                continue;
+            }
+            if let Some((seq, bytes)) = &known.pending {
+                known.in_flight_seq = Some(*seq);
+                reports.push(bytes);
+            }
+        }
+        let count = reports.len();
+        encode_batch(max_hold_ms, reports.into_iter(), out);
+        self.in_flight = true;
+        self.last_dispatch_ms = now_ms;
+        count
+    }
+
+    /// Whether a batch is open.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    pub fn batches_failed_total(&self) -> u64 {
+        self.batches_failed_total
+    }
+
+    /// Whether the last batch's failure is the first of a run, so the shim
+    /// logs once per outage rather than once per retry.
+    pub fn is_first_failure(&self) -> bool {
+        self.consecutive_failures == 1
+    }
+
+    /// Ends the batch in flight with the analyzer's answer, or `None` when
+    /// the call failed (the shim logs why). On an answer, each acknowledged report is
+    /// dropped and its worker gets a [`SyncResponse`] with the weights; an
+    /// acknowledgement for a seq the reporter did not send is ignored (the
+    /// worker re-sends after its timeout). On a failure every report stays
+    /// waiting and the next batch waits `min(interval, 1 s)`.
+    pub fn finish_batch(&mut self, now_ms: u64, answer: Option<BatchAck>) -> Vec<Delivery> {
+        self.in_flight = false;
+        let Some(ack) = answer else {
+            self.batches_failed_total += 1;
+            self.consecutive_failures += 1;
+            self.next_send_ms = now_ms + self.report_interval_ms.min(1_000);
+            for known in self.workers.values_mut() {
+                known.in_flight_seq = None;
+            }
+            return Vec::new();
+        };
+        self.consecutive_failures = 0;
+        let mut deliveries = Vec::with_capacity(ack.acks.len());
+        for worker_ack in &ack.acks {
+            let Some(known) = self.workers.get_mut(&worker_ack.worker_id) else { continue };
+            if known.in_flight_seq != Some(worker_ack.acked_seq) {
+                continue;
+            }
+            known.in_flight_seq = None;
+            if known.pending.as_ref().is_some_and(|(seq, _)| *seq == worker_ack.acked_seq) {
+                known.pending = None;
+            }
+            deliveries.push(Delivery {
+                queue_token: known.queue_token,
+                response: SyncResponse { acked_seq: worker_ack.acked_seq, weights: ack.weights },
+            });
+        }
+        for known in self.workers.values_mut() {
+            known.in_flight_seq = None;
+        }
+        deliveries
+    }
+
+    /// How long the batch call may stay open: the hold plus the same slack a
+    /// worker's own sync gets.
+    pub fn batch_timeout_ms(&self) -> u64 {
+        self.report_interval_ms + crate::worker::SYNC_TIMEOUT_SLACK_MS
+    }
+}
+
+#[cfg(test)]
+#[path = "reporter_tests.rs"]
+mod tests;

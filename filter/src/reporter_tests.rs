@@ -1,0 +1,174 @@
+use canary_protocol::{CanaryWeight, ReportBatch, Weights, WorkerAck};
+
+use super::*;
+use crate::worker::Worker;
+
+const INTERVAL_MS: u32 = 1_000;
+
+/// A worker's real report bytes for `seq`, cut by the worker state machine.
+fn worker_report(worker_id: u64, requests: u64) -> (Worker, Vec<u8>) {
+    let mut worker = Worker::new("envoy-1".into(), worker_id, 1, INTERVAL_MS, CanaryWeight::ZERO);
+    for _ in 0..requests {
+        worker.record(canary_protocol::Version::Stable, canary_protocol::StatusClass::Success, 900);
+    }
+    let bytes = worker.begin_sync(0).to_vec();
+    (worker, bytes)
+}
+
+fn message(queue_token: u32, worker_id: u64, seq: u64, report: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    ReportMessage { queue_token, worker_id, seq, report }.encode(&mut out);
+    out
+}
+
+fn receive(reporter: &mut Reporter, queue_token: u32, worker_id: u64, seq: u64, report: &[u8], now_ms: u64) {
+    let bytes = message(queue_token, worker_id, seq, report);
+    reporter.receive(ReportMessage::decode(&bytes).expect("valid message"), now_ms);
+}
+
+fn weights(version: u64, bp: u64) -> Weights {
+    Weights { weights_version: version, canary_weight: CanaryWeight::from_bp(bp).expect("valid") }
+}
+
+fn ack(version: u64, pairs: &[(u64, u64)]) -> BatchAck {
+    BatchAck {
+        weights: weights(version, 500),
+        acks: pairs.iter().map(|&(worker_id, acked_seq)| WorkerAck { worker_id, acked_seq }).collect(),
+    }
+}
+
+#[test]
+fn lease_is_renewed_by_its_owner_followed_while_valid_and_taken_once_expired() {
+    let lease = Lease { owner_worker_id: 7, queue_token: 3, expires_at_unix_ms: 10_000 };
+    assert_eq!(Lease::from_bytes(&lease.to_bytes()), Some(lease));
+    assert_eq!(Lease::from_bytes(&lease.to_bytes()[..19]), None, "a short value is no lease");
+    assert_eq!(lease_action(Some(lease), 7, 20_000), LeaseAction::Renew, "the owner renews even late");
+    assert_eq!(lease_action(Some(lease), 8, 9_999), LeaseAction::Follow { queue_token: 3 });
+    assert_eq!(lease_action(Some(lease), 8, 10_000), LeaseAction::Take);
+    assert_eq!(lease_action(None, 8, 0), LeaseAction::Take);
+    assert_eq!(lease_duration_ms(1_000), 3_000);
+    assert_eq!(lease_duration_ms(100), 1_000, "at least a second, whatever the interval");
+}
+
+#[test]
+fn report_message_round_trips_and_refuses_other_bytes() {
+    let bytes = message(9, 0xdead_beef, 42, b"CR-report");
+    let decoded = ReportMessage::decode(&bytes).expect("valid");
+    assert_eq!(decoded, ReportMessage { queue_token: 9, worker_id: 0xdead_beef, seq: 42, report: b"CR-report" });
+    assert_eq!(ReportMessage::decode(&bytes[..21]), Err("report message shorter than its header"));
+    let mut wrong_tag = bytes.clone();
+    wrong_tag[0] = b'C';
+    assert_eq!(ReportMessage::decode(&wrong_tag), Err("not a report message"));
+}
+
+#[test]
+fn one_batch_carries_every_worker_and_each_gets_its_own_ack() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, first) = worker_report(1, 3);
+    let (_, second) = worker_report(2, 5);
+    receive(&mut reporter, 11, 1, 1, &first, 0);
+    assert!(reporter.send_due(0, false), "every known worker has a report waiting");
+    receive(&mut reporter, 12, 2, 1, &second, 1);
+
+    let mut body = Vec::new();
+    assert_eq!(reporter.begin_batch(1, INTERVAL_MS, &mut body), 2);
+    assert!(reporter.in_flight() && !reporter.send_due(1, true), "one batch at a time");
+    let batch = ReportBatch::decode(&body).expect("a valid batch");
+    assert_eq!(batch.max_hold_ms, INTERVAL_MS);
+    let sent: Vec<(u64, u64)> = batch.reports.iter().map(|r| (r.header.worker_id, r.header.seq)).collect();
+    assert_eq!(sent, [(1, 1), (2, 1)]);
+    assert_eq!(batch.reports[1].versions[0].requests, 5, "the worker's bytes, untouched");
+
+    let deliveries = reporter.finish_batch(900, Some(ack(2, &[(1, 1), (2, 1)])));
+    assert_eq!(
+        deliveries,
+        [
+            Delivery { queue_token: 11, response: SyncResponse { acked_seq: 1, weights: weights(2, 500) } },
+            Delivery { queue_token: 12, response: SyncResponse { acked_seq: 1, weights: weights(2, 500) } },
+        ]
+    );
+    assert!(!reporter.send_due(900, true), "nothing left to send");
+}
+
+#[test]
+fn a_batch_waits_for_every_live_worker_until_the_tick() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    receive(&mut reporter, 12, 2, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(0, INTERVAL_MS, &mut body);
+    reporter.finish_batch(1_000, Some(ack(1, &[(1, 1), (2, 1)])));
+    // Worker 1 answers its ack with its next report first.
+    receive(&mut reporter, 11, 1, 2, &report, 1_001);
+    assert!(!reporter.send_due(1_001, false), "worker 2 is live and its next report is on its way");
+    assert!(reporter.send_due(1_001, true), "but the tick does not wait for it");
+    // Worker 2 went quiet: past two and a half intervals it holds nothing up.
+    assert!(reporter.send_due(3_501, false));
+}
+
+#[test]
+fn a_failed_batch_keeps_every_report_and_backs_off() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 4);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(0, INTERVAL_MS, &mut body);
+    assert_eq!(reporter.finish_batch(100, None), []);
+    assert_eq!(reporter.batches_failed_total(), 1);
+    assert!(reporter.is_first_failure());
+    assert!(!reporter.send_due(1_099, true), "backs off for min(interval, 1 s)");
+    assert!(reporter.send_due(1_100, true));
+    let mut again = Vec::new();
+    reporter.begin_batch(1_100, INTERVAL_MS, &mut again);
+    assert_eq!(again, body, "the same report, byte for byte");
+}
+
+#[test]
+fn a_re_send_keeps_the_bytes_and_a_stale_ack_delivers_nothing() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 2);
+    receive(&mut reporter, 11, 1, 3, &report, 0);
+    // The worker timed out and re-sent the same seq: one copy is kept.
+    receive(&mut reporter, 11, 1, 3, b"different bytes", 10);
+    let mut body = Vec::new();
+    assert_eq!(reporter.begin_batch(10, INTERVAL_MS, &mut body), 1);
+    assert_eq!(ReportBatch::decode(&body).expect("valid").reports.len(), 1);
+    // An ack for a seq this batch did not carry, or a worker it does not
+    // know, is ignored: the worker re-sends after its timeout.
+    let deliveries = reporter.finish_batch(20, Some(ack(1, &[(1, 2), (9, 1)])));
+    assert_eq!(deliveries, []);
+    assert!(reporter.send_due(20, true), "seq 3 still waits");
+}
+
+#[test]
+fn a_batch_holds_at_most_the_protocol_limit_and_the_rest_goes_next() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    let workers = MAX_BATCH_REPORTS as u64 + 3;
+    for worker_id in 1..=workers {
+        receive(&mut reporter, worker_id as u32, worker_id, 1, &report, 0);
+    }
+    let mut body = Vec::new();
+    assert_eq!(reporter.begin_batch(0, INTERVAL_MS, &mut body), MAX_BATCH_REPORTS);
+    let acked: Vec<(u64, u64)> = (1..=MAX_BATCH_REPORTS as u64).map(|worker_id| (worker_id, 1)).collect();
+    assert_eq!(reporter.finish_batch(5, Some(ack(1, &acked))).len(), MAX_BATCH_REPORTS);
+    let mut rest = Vec::new();
+    assert_eq!(reporter.begin_batch(5, INTERVAL_MS, &mut rest), 3);
+}
+
+#[test]
+fn workers_gone_quiet_are_forgotten_once_delivered() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    receive(&mut reporter, 12, 2, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(0, INTERVAL_MS, &mut body);
+    reporter.finish_batch(5, Some(ack(1, &[(1, 1), (2, 1)])));
+    // Only worker 1 keeps reporting; at the batch after ten intervals
+    // worker 2 is dropped from the table.
+    receive(&mut reporter, 11, 1, 2, &report, 10_001);
+    reporter.begin_batch(10_001, INTERVAL_MS, &mut body);
+    assert_eq!(reporter.workers.len(), 1);
+}

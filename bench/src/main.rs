@@ -71,6 +71,9 @@ struct PropagationArgs {
     /// smoke: 100].
     #[arg(long)]
     rate: Option<f64>,
+    /// Run the filter with `batch_reports` (one reporter VM per Envoy).
+    #[arg(long)]
+    batched: bool,
     /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;
     /// smoke: under the target directory, so it never overwrites a result].
     #[arg(long)]
@@ -99,6 +102,7 @@ impl PropagationArgs {
             rounds: self.rounds.unwrap_or(rounds),
             concurrencies: self.concurrency.clone().unwrap_or(concurrencies),
             rate_per_second: self.rate.unwrap_or(rate_per_second),
+            batched: self.batched,
             smoke: self.smoke,
         }
     }

@@ -82,6 +82,10 @@ pub struct PropagationOptions {
     pub concurrencies: Vec<usize>,
     /// Background load through Envoy, requests per second.
     pub rate_per_second: f64,
+    /// The filter runs with `batch_reports`: one reporter VM per Envoy
+    /// syncs for all, and new weights reach the other VMs through their
+    /// shared queues.
+    pub batched: bool,
     pub smoke: bool,
 }
 
@@ -638,6 +642,13 @@ pub fn markdown(result: &PropagationResult) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Rollback propagation\n");
     out.push_str(&context.markdown_preamble());
+    if result.settings.options.batched {
+        let _ = writeln!(
+            out,
+            "- filter: `batch_reports` on: one reporter VM per Envoy syncs for all its VMs \
+             (`POST /v1/filter/sync-batch`); new weights reach the others through their shared queues"
+        );
+    }
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.clone().unwrap_or_else(unknown));
     let _ = writeln!(
         out,
@@ -758,7 +769,10 @@ async fn run_concurrency(
     binaries: &Binaries,
     concurrency: usize,
 ) -> anyhow::Result<ConcurrencyRun> {
-    let builder = Stack::builder().binaries(binaries.clone()).concurrency(concurrency);
+    let mut builder = Stack::builder().binaries(binaries.clone()).concurrency(concurrency);
+    if options.batched {
+        builder = builder.filter_config(serde_json::json!({"batch_reports": true}));
+    }
     let filter_configuration = serde_json::from_str(&builder.filter_configuration())?;
     report::progress("propagation", &format!("concurrency {concurrency}: starting the stack"));
     let stack = Arc::new(builder.start().await?);

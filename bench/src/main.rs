@@ -155,9 +155,10 @@ async fn run_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let out_dir = results::output_dir(args.out.as_deref(), options.smoke, &context.machine.hostname);
     let result = propagation::run(&options, &binaries, context).await?;
     let markdown = propagation::markdown(&result);
+    let stem = propagation::file_stem(options.batched);
     let (json_path, markdown_path) =
-        results::write(&out_dir, "propagation", &result, &markdown).context("writing the results")?;
-    match propagation::plot(&result.runs, &out_dir) {
+        results::write(&out_dir, stem, &result, &markdown).context("writing the results")?;
+    match propagation::plot(&result.runs, &out_dir, stem) {
         Ok(path) => println!("plot: {}", path.display()),
         Err(error) => eprintln!("warning: plot not drawn: {error:#}"),
     }
@@ -213,9 +214,10 @@ async fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let floor = std::env::current_exe().context("locating canary-bench")?.with_file_name("bench-scale-floor");
     let result = scale::run(&options, &binaries.analyzer, &floor, context).await?;
     let markdown = scale::markdown(&result);
+    let stem = scale::file_stem(options.batched);
     let (json_path, markdown_path) =
-        results::write(&out_dir, "scale", &result, &markdown).context("writing the results")?;
-    match scale::plot(&result, &out_dir) {
+        results::write(&out_dir, stem, &result, &markdown).context("writing the results")?;
+    match scale::plot(&result, &out_dir, stem) {
         Ok(path) => println!("plot: {}", path.display()),
         Err(error) => eprintln!("warning: plot not drawn: {error:#}"),
     }

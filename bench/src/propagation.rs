@@ -74,6 +74,11 @@ const WARM_UP: Duration = Duration::from_millis(500);
 /// hit the analyzer's 2 s wait timeout, plus the pauses and stats calls.
 const ROUND_BOUND: Duration = Duration::from_secs(6);
 
+/// The results' file stem: a batched run sits next to a per-worker one.
+pub fn file_stem(batched: bool) -> &'static str {
+    if batched { "propagation-batched" } else { "propagation" }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PropagationOptions {
@@ -370,7 +375,7 @@ pub async fn run(
         }
         runs.push(run);
     }
-    let verdicts = verdicts(&runs);
+    let verdicts = verdicts(&runs, options.batched);
     Ok(PropagationResult {
         benchmark: "propagation",
         // 2: 100% canary before each rollback (was 10%), the data-plane
@@ -396,15 +401,16 @@ pub const TARGET_P99_MS: f64 = 20.0;
 
 /// Per concurrency: the data-plane measure and the confirmation at the
 /// client, each p99 ≤ [`TARGET_P99_MS`]. A run without samples gets a NaN
-/// value, which misses.
-pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
+/// value, which misses. A batched run's verdicts say so.
+pub fn verdicts(runs: &[ConcurrencyRun], batched: bool) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     for run in runs {
         let summary = &run.summary;
         let verdict = |quantity: &str, quantiles: Option<Quantiles>, min: Option<f64>| {
             let quantity = format!(
-                "{quantity}, p99 at concurrency {} ({} rollbacks)",
+                "{quantity}, p99 at concurrency {}{} ({} rollbacks)",
                 run.concurrency,
+                if batched { ", batched reports" } else { "" },
                 quantiles.map_or(0, |q| q.count)
             );
             let verdict = Verdict::new(
@@ -510,10 +516,11 @@ impl From<&LoadReport> for BackgroundLoad {
 /// The per-concurrency table, in Markdown (readable as plain text too): the
 /// data-plane measure, then the confirmation as the analyzer and the client
 /// saw it.
-/// `propagation-cdf.svg`: per concurrency, the CDF of the data-plane
+/// `<stem>-cdf.svg` (`propagation-cdf.svg`, or `propagation-batched-cdf.svg`
+/// for a `--batched` run): per concurrency, the CDF of the data-plane
 /// measure (last canary send) and of the client's wait for `?wait=true`,
 /// with the 20 ms target as a vertical line.
-pub fn plot(runs: &[ConcurrencyRun], dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn plot(runs: &[ConcurrencyRun], dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
     let mut series = Vec::new();
     for run in runs {
         let last_sends: Vec<f64> =
@@ -528,7 +535,7 @@ pub fn plot(runs: &[ConcurrencyRun], dir: &Path) -> anyhow::Result<PathBuf> {
             points: plots::cdf_points(&confirmations),
         });
     }
-    let path = dir.join("propagation-cdf.svg");
+    let path = dir.join(format!("{stem}-cdf.svg"));
     LineChart {
         title: "Rollback propagation: CDF over rounds",
         x_label: "ms after the rollback call was sent",
@@ -1134,7 +1141,7 @@ mod tests {
             summary: RunSummary::of(&samples),
             samples,
         };
-        let lines: Vec<String> = verdicts(std::slice::from_ref(&run)).iter().map(Verdict::line).collect();
+        let lines: Vec<String> = verdicts(std::slice::from_ref(&run), false).iter().map(Verdict::line).collect();
         assert_eq!(
             lines,
             [
@@ -1146,9 +1153,11 @@ mod tests {
                  ms [min 1.25, max 26] ≤ 20 ms MISSED",
             ]
         );
+        let batched = verdicts(std::slice::from_ref(&run), true);
+        assert!(batched[0].line().contains("p99 at concurrency 4, batched reports (100 rollbacks)"), "{batched:?}");
         let mut empty = run;
         empty.summary = RunSummary::of(&[]);
-        assert!(verdicts(&[empty]).iter().all(|verdict| !verdict.met && verdict.measured.is_nan()));
+        assert!(verdicts(&[empty], false).iter().all(|verdict| !verdict.met && verdict.measured.is_nan()));
     }
 
     #[test]

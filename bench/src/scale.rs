@@ -73,6 +73,11 @@ use crate::report::{Bound, Verdict, progress, progress_done};
 use crate::results::RunContext;
 
 const BENCHMARK: &str = "scale";
+
+/// The results' file stem: a batched run sits next to a per-worker one.
+pub fn file_stem(batched: bool) -> &'static str {
+    if batched { "scale-batched" } else { BENCHMARK }
+}
 /// [`ScaleResult::schema_version`].
 pub const SCHEMA_VERSION: u32 = 3;
 /// The analyzer's core, and this benchmark's.
@@ -1436,11 +1441,13 @@ fn mib_cell(bytes: Option<u64>) -> String {
 }
 
 /// The table of the sizes at the report interval.
-/// `scale-throughput.svg`: acknowledged reports per second against the
+/// `<stem>-throughput.svg` (`scale-throughput.svg`, or
+/// `scale-batched-throughput.svg` for a `--batched` run): acknowledged
+/// reports per second against the
 /// number of simulated workers, at 1 Hz (with the offered rate) and in the
 /// saturation sweep, plus what one analyzer core would take at the measured
 /// cost, against the 50,000 reports/s target.
-pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn plot(result: &ScaleResult, dir: &Path, stem: &str) -> anyhow::Result<PathBuf> {
     let at_one_hz = |value: fn(&SizeRun) -> Option<f64>| -> Vec<(f64, f64)> {
         result.sizes.iter().filter_map(|size| Some((size.workers as f64, value(size)?))).collect()
     };
@@ -1472,7 +1479,7 @@ pub fn plot(result: &ScaleResult, dir: &Path) -> anyhow::Result<PathBuf> {
         });
     }
     series.retain(|series| !series.points.is_empty());
-    let path = dir.join("scale-throughput.svg");
+    let path = dir.join(format!("{stem}-throughput.svg"));
     let title = if result.settings.options.batched {
         format!("Analyzer ingest, batched ({} worker reports per exchange)", result.settings.options.workers_per_proxy)
     } else {

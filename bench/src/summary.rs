@@ -14,8 +14,10 @@ use serde_json::Value;
 
 use crate::report::Verdict;
 
-/// The JSON files a summary looks for, in the suite's order.
-pub const BENCHMARKS: [&str; 5] = ["overhead", "propagation", "detection", "scale", "footprint"];
+/// The JSON files a summary looks for, in the suite's order; `-batched` are
+/// the runs with the filter's `batch_reports` (one reporter per Envoy).
+pub const BENCHMARKS: [&str; 7] =
+    ["overhead", "propagation", "propagation-batched", "detection", "scale", "scale-batched", "footprint"];
 
 /// What one benchmark's JSON contributed.
 #[derive(Debug, Clone)]

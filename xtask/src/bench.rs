@@ -7,7 +7,6 @@
 //! `cargo xtask test` already has, and only proves the harness still works.
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::{Result, bail};
@@ -82,20 +81,21 @@ pub fn build_wasm_floors(paths: &Paths) -> Result<()> {
     cmd::run(cargo(paths).args(["build", "--release", "--target", "wasm32-wasip1"]).args(WASM_FLOORS))
 }
 
-/// The `canary-bench` arguments of each run of benchmark `name`: one run; a
-/// smoke of `scale` also runs its batched path (`--batched`, about 9 s, so
-/// CI drives `POST /v1/filter/sync-batch` on the analyzer and the floor),
-/// into a directory of its own so that the per-worker `scale.json` the
-/// summary reads stays the per-worker one.
-fn runs(name: &str, smoke: bool, target: &Path) -> Vec<Vec<OsString>> {
+/// The `canary-bench` arguments of each run of benchmark `name`: one run;
+/// `scale` and `propagation` run a second time with `--batched` (the
+/// filter's `batch_reports`: one reporter per Envoy), side by side in the
+/// same run, which writes `scale-batched.*` and `propagation-batched.*` next
+/// to the per-worker results. In a smoke that adds about 15 s, and CI drives
+/// `POST /v1/filter/sync-batch` through a real Envoy, the analyzer and the
+/// floor.
+fn runs(name: &str, smoke: bool) -> Vec<Vec<OsString>> {
     let mut first: Vec<OsString> = vec![name.into()];
     if smoke {
         first.push("--smoke".into());
     }
     let mut runs = vec![first.clone()];
-    if smoke && name == "scale" {
-        let out = target.join("canary-bench-smoke").join("scale-batched");
-        runs.push(first.into_iter().chain(["--batched".into(), "--out".into(), out.into()]).collect());
+    if matches!(name, "scale" | "propagation") {
+        runs.push(first.into_iter().chain(["--batched".into()]).collect());
     }
     runs
 }
@@ -120,10 +120,9 @@ pub fn run(paths: &Paths, tools: &Tools, args: &BenchArgs) -> Result<ExitCode> {
     let smoke_flag: &[&str] = if args.smoke { &["--smoke"] } else { &[] };
     let mut failed = Vec::new();
     for name in &args.names {
-        for run_args in runs(name, args.smoke, &paths.target) {
+        for run_args in runs(name, args.smoke) {
             // The name, and what tells its runs apart: `scale --batched`.
-            let label = run_args.iter().take_while(|arg| arg.to_str() != Some("--out"));
-            let label = label.filter(|arg| arg.to_str() != Some("--smoke")).map(|arg| arg.to_string_lossy());
+            let label = run_args.iter().filter(|arg| arg.to_str() != Some("--smoke")).map(|arg| arg.to_string_lossy());
             let label = label.collect::<Vec<_>>().join(" ");
             let mut command = Command::new(&canary_bench);
             command.args(&run_args).envs(env.iter().cloned()).current_dir(&paths.root);
@@ -168,20 +167,14 @@ mod tests {
     }
 
     #[test]
-    fn a_scale_smoke_also_runs_the_batched_path_into_its_own_directory() {
-        let target = Path::new("/t");
+    fn scale_and_propagation_also_run_batched_side_by_side() {
         let strings = |runs: Vec<Vec<OsString>>| -> Vec<Vec<String>> {
             runs.iter().map(|run| run.iter().map(|arg| arg.to_string_lossy().into_owned()).collect()).collect()
         };
-        assert_eq!(
-            strings(runs("scale", true, target)),
-            [
-                vec!["scale", "--smoke"],
-                vec!["scale", "--smoke", "--batched", "--out", "/t/canary-bench-smoke/scale-batched"]
-            ]
-        );
-        assert_eq!(strings(runs("scale", false, target)), [vec!["scale"]], "a full run measures one mode");
-        assert_eq!(strings(runs("overhead", true, target)), [vec!["overhead", "--smoke"]]);
+        assert_eq!(strings(runs("scale", true)), [vec!["scale", "--smoke"], vec!["scale", "--smoke", "--batched"]]);
+        assert_eq!(strings(runs("propagation", false)), [vec!["propagation"], vec!["propagation", "--batched"]]);
+        assert_eq!(strings(runs("overhead", true)), [vec!["overhead", "--smoke"]]);
+        assert_eq!(strings(runs("detection", false)), [vec!["detection"]]);
     }
 
     #[test]

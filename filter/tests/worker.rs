@@ -210,3 +210,38 @@ fn a_header_less_answer_at_the_deadline_counts_as_a_timeout() {
     assert!(!worker.has_unreported_counts(), "acknowledged");
     assert_eq!(worker.unacknowledged_requests(), (0, 0));
 }
+
+/// Batched mode: the report handed to the reporter is the one the worker
+/// keeps; the worker times it out itself (no HTTP call of its own carries a
+/// timeout), and a VM shutting down stops waiting for the reporter so that
+/// it can send the same report directly.
+#[test]
+fn batched_reports_time_out_at_the_sync_timeout_and_can_be_abandoned_for_a_direct_send() {
+    let mut worker = worker();
+    assert_eq!(worker.worker_id(), 7);
+    worker.record(Version::Canary, StatusClass::Success, 300);
+    let handed = worker.begin_sync(100).to_vec();
+    assert_eq!(worker.unacked_report(), Some((1, handed.as_slice())));
+    assert_eq!(worker.unacked_seq(), Some(1));
+
+    let timeout_ms = worker.sync_timeout_ms();
+    assert!(!worker.sync_timed_out(100 + timeout_ms - 1));
+    assert!(worker.sync_timed_out(100 + timeout_ms));
+    let open_ms = worker.sync_open_ms(100 + timeout_ms);
+    let outcome = worker.finish_sync(100 + timeout_ms, Err(SyncFailure::Timeout { open_ms }));
+    assert!(outcome.failed);
+    assert_eq!(worker.sync_timeouts_total(), 1);
+    assert!(!worker.sync_timed_out(200 + timeout_ms), "nothing in flight after the failure");
+
+    // Re-sent unchanged, then abandoned as the VM shuts down: the report
+    // stays, so the direct final sync carries the same seq and bytes.
+    assert_eq!(worker.begin_sync(2_000 + timeout_ms), handed.as_slice());
+    assert!(worker.sync_in_flight());
+    worker.abandon_sync();
+    assert!(!worker.sync_in_flight() && worker.has_unreported_counts());
+    assert_eq!(worker.begin_sync(2_001 + timeout_ms), handed.as_slice());
+    assert_eq!(
+        SyncFailure::NoReporter.to_string(),
+        "no reporter VM in this Envoy could take the report (batched mode)"
+    );
+}

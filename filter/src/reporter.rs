@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 
 use canary_protocol::batch::{MAX_BATCH_REPORTS, encode_batch};
-use canary_protocol::{BatchAck, SyncResponse};
+use canary_protocol::{BatchAck, SyncResponse, Weights};
 
 /// Shared-data key of the lease.
 pub const LEASE_KEY: &str = "canary_split/reporter";
@@ -143,6 +143,16 @@ impl<'b> ReportMessage<'b> {
     }
 }
 
+/// A report waiting this long for the rest of the live workers' goes at the
+/// next tick without them. Shorter waits are the other workers' reports on
+/// their way (a queue hop, well under a millisecond): a tick that falls
+/// among them does not split the batch.
+pub const GATHER_GRACE_MS: u64 = 20;
+
+/// `acked_seq` of a [`Delivery`] that acknowledges nothing and only carries
+/// new weights (seqs start at 1).
+pub const WEIGHTS_ONLY_SEQ: u64 = 0;
+
 /// One worker as the reporter knows it.
 #[derive(Debug)]
 struct Known {
@@ -150,6 +160,8 @@ struct Known {
     last_seen_ms: u64,
     /// The report not yet acknowledged: (seq, bytes).
     pending: Option<(u64, Vec<u8>)>,
+    /// When `pending` arrived.
+    pending_since_ms: u64,
     /// Seq of `pending` in the batch in flight, if it is in it.
     in_flight_seq: Option<u64>,
 }
@@ -171,6 +183,9 @@ pub struct Reporter {
     next_send_ms: u64,
     batches_failed_total: u64,
     consecutive_failures: u64,
+    /// The weights of the last answer, to tell when an answer brings new
+    /// ones.
+    last_weights: Option<Weights>,
 }
 
 impl Reporter {
@@ -183,6 +198,7 @@ impl Reporter {
             next_send_ms: 0,
             batches_failed_total: 0,
             consecutive_failures: 0,
+            last_weights: None,
         }
     }
 
@@ -200,6 +216,7 @@ impl Reporter {
             queue_token: message.queue_token,
             last_seen_ms: now_ms,
             pending: None,
+            pending_since_ms: now_ms,
             in_flight_seq: None,
         });
         known.queue_token = message.queue_token;
@@ -207,28 +224,30 @@ impl Reporter {
         let newer = known.pending.as_ref().is_none_or(|(seq, _)| message.seq > *seq);
         if newer {
             known.pending = Some((message.seq, message.report.to_vec()));
+            known.pending_since_ms = now_ms;
         }
     }
 
     /// Whether a batch should go now: nothing in flight, past the backoff,
     /// something to send, and either every live worker has a report waiting
-    /// (so one batch carries all of them, as after an answer) or `at_tick`
-    /// (a worker that went quiet must not hold the others back longer than
-    /// a tick).
+    /// (so one batch carries all of them, as after an answer) or, at a tick,
+    /// a report has waited [`GATHER_GRACE_MS`] (a worker that went quiet
+    /// must not hold the others back longer than a tick).
     pub fn send_due(&self, now_ms: u64, at_tick: bool) -> bool {
         if self.in_flight || now_ms < self.next_send_ms {
             return false;
         }
-        let mut waiting = 0usize;
+        let mut oldest_wait_ms = None;
         let mut live_without_report = 0usize;
         for known in self.workers.values() {
             if known.pending.is_some() {
-                waiting += 1;
+                let waited = now_ms.saturating_sub(known.pending_since_ms);
+                oldest_wait_ms = oldest_wait_ms.max(Some(waited));
             } else if self.is_live(known, now_ms) {
                 live_without_report += 1;
             }
         }
-        waiting > 0 && (at_tick || live_without_report == 0)
+        oldest_wait_ms.is_some_and(|waited| live_without_report == 0 || (at_tick && waited >= GATHER_GRACE_MS))
     }
 
     /// Frames the waiting reports (at most [`MAX_BATCH_REPORTS`], oldest
@@ -272,10 +291,13 @@ impl Reporter {
     }
 
     /// Ends the batch in flight with the analyzer's answer, or `None` when
-    /// the call failed (the shim logs why). On an answer, each acknowledged report is
-    /// dropped and its worker gets a [`SyncResponse`] with the weights; an
-    /// acknowledgement for a seq the reporter did not send is ignored (the
-    /// worker re-sends after its timeout). On a failure every report stays
+    /// the call failed (the shim logs why). On an answer, each acknowledged
+    /// report is dropped and its worker gets a [`SyncResponse`] with the
+    /// weights; an acknowledgement for a seq the reporter did not send is
+    /// ignored (the worker re-sends after its timeout). When the answer
+    /// brings new weights, every other known worker gets them too, as a
+    /// [`WEIGHTS_ONLY_SEQ`] delivery: a rollback must not wait for a
+    /// worker's report to be in the batch. On a failure every report stays
     /// waiting and the next batch waits `min(interval, 1 s)`.
     pub fn finish_batch(&mut self, now_ms: u64, answer: Option<BatchAck>) -> Vec<Delivery> {
         self.in_flight = false;
@@ -289,7 +311,7 @@ impl Reporter {
             return Vec::new();
         };
         self.consecutive_failures = 0;
-        let mut deliveries = Vec::with_capacity(ack.acks.len());
+        let mut deliveries = Vec::with_capacity(self.workers.len());
         for worker_ack in &ack.acks {
             let Some(known) = self.workers.get_mut(&worker_ack.worker_id) else { continue };
             if known.in_flight_seq != Some(worker_ack.acked_seq) {
@@ -304,8 +326,17 @@ impl Reporter {
                 response: SyncResponse { acked_seq: worker_ack.acked_seq, weights: ack.weights },
             });
         }
+        let new_weights = self.last_weights != Some(ack.weights);
+        self.last_weights = Some(ack.weights);
+        let acked = deliveries.len();
         for known in self.workers.values_mut() {
             known.in_flight_seq = None;
+            if new_weights && !deliveries[..acked].iter().any(|delivery| delivery.queue_token == known.queue_token) {
+                deliveries.push(Delivery {
+                    queue_token: known.queue_token,
+                    response: SyncResponse { acked_seq: WEIGHTS_ONLY_SEQ, weights: ack.weights },
+                });
+            }
         }
         deliveries
     }

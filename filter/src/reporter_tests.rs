@@ -102,7 +102,9 @@ fn a_batch_waits_for_every_live_worker_until_the_tick() {
     // Worker 1 answers its ack with its next report first.
     receive(&mut reporter, 11, 1, 2, &report, 1_001);
     assert!(!reporter.send_due(1_001, false), "worker 2 is live and its next report is on its way");
-    assert!(reporter.send_due(1_001, true), "but the tick does not wait for it");
+    assert!(!reporter.send_due(1_001, true), "a tick among the arrivals does not split the batch");
+    assert!(!reporter.send_due(1_020, true));
+    assert!(reporter.send_due(1_021, true), "but a tick does not wait longer than the grace for it");
     // Worker 2 went quiet: past two and a half intervals it holds nothing up.
     assert!(reporter.send_due(3_501, false));
 }
@@ -137,7 +139,14 @@ fn a_re_send_keeps_the_bytes_and_a_stale_ack_delivers_nothing() {
     // An ack for a seq this batch did not carry, or a worker it does not
     // know, is ignored: the worker re-sends after its timeout.
     let deliveries = reporter.finish_batch(20, Some(ack(1, &[(1, 2), (9, 1)])));
-    assert_eq!(deliveries, []);
+    assert_eq!(
+        deliveries,
+        [Delivery {
+            queue_token: 11,
+            response: SyncResponse { acked_seq: WEIGHTS_ONLY_SEQ, weights: weights(1, 500) }
+        }],
+        "no acknowledgement, only the weights of a first answer"
+    );
     assert!(reporter.send_due(20, true), "seq 3 still waits");
 }
 
@@ -152,7 +161,9 @@ fn a_batch_holds_at_most_the_protocol_limit_and_the_rest_goes_next() {
     let mut body = Vec::new();
     assert_eq!(reporter.begin_batch(0, INTERVAL_MS, &mut body), MAX_BATCH_REPORTS);
     let acked: Vec<(u64, u64)> = (1..=MAX_BATCH_REPORTS as u64).map(|worker_id| (worker_id, 1)).collect();
-    assert_eq!(reporter.finish_batch(5, Some(ack(1, &acked))).len(), MAX_BATCH_REPORTS);
+    let deliveries = reporter.finish_batch(5, Some(ack(1, &acked)));
+    let acks = deliveries.iter().filter(|delivery| delivery.response.acked_seq != WEIGHTS_ONLY_SEQ).count();
+    assert_eq!((acks, deliveries.len() - acks), (MAX_BATCH_REPORTS, 3), "the rest get the weights");
     let mut rest = Vec::new();
     assert_eq!(reporter.begin_batch(5, INTERVAL_MS, &mut rest), 3);
 }
@@ -171,4 +182,40 @@ fn workers_gone_quiet_are_forgotten_once_delivered() {
     receive(&mut reporter, 11, 1, 2, &report, 10_001);
     reporter.begin_batch(10_001, INTERVAL_MS, &mut body);
     assert_eq!(reporter.workers.len(), 1);
+}
+
+#[test]
+fn new_weights_reach_workers_whose_report_missed_the_batch() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    receive(&mut reporter, 12, 2, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(0, INTERVAL_MS, &mut body);
+    reporter.finish_batch(1_000, Some(ack(1, &[(1, 1), (2, 1)])));
+
+    // Worker 1's next report makes the held batch; worker 2's comes late.
+    receive(&mut reporter, 11, 1, 2, &report, 1_001);
+    reporter.begin_batch(1_030, INTERVAL_MS, &mut body);
+    receive(&mut reporter, 12, 2, 2, &report, 1_040);
+    // A rollback answers the held batch: worker 2, whose report waits for
+    // the next batch, gets the weights pushed at the same moment.
+    let deliveries = reporter.finish_batch(1_050, Some(ack(2, &[(1, 2)])));
+    assert_eq!(
+        deliveries,
+        [
+            Delivery { queue_token: 11, response: SyncResponse { acked_seq: 2, weights: weights(2, 500) } },
+            Delivery {
+                queue_token: 12,
+                response: SyncResponse { acked_seq: WEIGHTS_ONLY_SEQ, weights: weights(2, 500) }
+            },
+        ]
+    );
+    // Unchanged weights push nothing.
+    reporter.begin_batch(1_051, INTERVAL_MS, &mut body);
+    let deliveries = reporter.finish_batch(2_051, Some(ack(2, &[(2, 2)])));
+    assert_eq!(
+        deliveries,
+        [Delivery { queue_token: 12, response: SyncResponse { acked_seq: 2, weights: weights(2, 500) } }]
+    );
 }

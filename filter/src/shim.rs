@@ -15,7 +15,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
 use crate::reporter::{
-    LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, lease_action, lease_duration_ms,
+    LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ, lease_action,
+    lease_duration_ms,
 };
 use crate::worker::{SyncFailure, SyncOutcome, Worker};
 
@@ -301,6 +302,8 @@ impl CanaryRoot {
     fn set_batched(&mut self, on: bool) {
         let Some(configured) = self.configured.clone() else { return };
         if !on {
+            configured.worker.borrow_mut().set_batched(false);
+            self.release_lease();
             if self.batched.take().is_some() {
                 // A report waiting on the reporter would otherwise wait for
                 // ever: direct syncs get their timeout from Envoy.
@@ -321,6 +324,7 @@ impl CanaryRoot {
                     batch_call: None,
                     scratch: Vec::new(),
                 });
+                configured.worker.borrow_mut().set_batched(true);
                 self.refresh_lease();
             }
             Err(status) => log(
@@ -435,27 +439,41 @@ impl CanaryRoot {
     fn expire_batched_sync(&mut self) {
         let Some(configured) = self.configured.clone() else { return };
         let now_ms = self.now_ms();
-        let outcome = {
+        let (outcome, failure) = {
             let mut worker = configured.worker.borrow_mut();
             if !worker.sync_timed_out(now_ms) {
                 return;
             }
-            let open_ms = worker.sync_open_ms(now_ms);
-            worker.finish_sync(now_ms, Err(SyncFailure::Timeout { open_ms }))
+            let failure = SyncFailure::Timeout { open_ms: worker.sync_open_ms(now_ms) };
+            (worker.finish_sync(now_ms, Err(failure.clone())), failure)
         };
-        let open_ms = configured.worker.borrow().sync_open_ms(now_ms);
-        self.after_sync(&configured, outcome, Some(SyncFailure::Timeout { open_ms }));
+        self.after_sync(&configured, outcome, Some(failure));
     }
 
-    /// The worker's side: an acknowledgement from the reporter. One for a
-    /// seq this worker is not waiting on (a late answer to a report it has
-    /// re-sent since) is dropped.
+    /// The worker's side: an acknowledgement from the reporter, or weights
+    /// it pushed ([`WEIGHTS_ONLY_SEQ`]). An acknowledgement for a seq this
+    /// worker is not waiting on (a late answer to a report it has re-sent
+    /// since) is dropped.
     fn on_ack(&mut self, response: SyncResponse) {
         // A VM shutting down sends its report directly; that answer ends it.
         if self.shutting_down {
             return;
         }
         let Some(configured) = self.configured.clone() else { return };
+        if response.acked_seq == WEIGHTS_ONLY_SEQ {
+            let changed = configured.worker.borrow_mut().apply_pushed_weights(response.weights);
+            if let Some((old, new)) = changed {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "applied weights v{} (canary {}), was v{} (canary {}), pushed by the reporter",
+                        new.weights_version, new.canary_weight, old.weights_version, old.canary_weight
+                    ),
+                );
+                self.record_weight_gauges();
+            }
+            return;
+        }
         let now_ms = self.now_ms();
         let outcome = {
             let mut worker = configured.worker.borrow_mut();

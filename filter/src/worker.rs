@@ -101,6 +101,9 @@ pub struct Worker {
     consecutive_failures: u64,
     sync_failures_total: u64,
     sync_timeouts_total: u64,
+    /// Batched mode: hand the next report over as soon as one is
+    /// acknowledged (see [`Worker::set_batched`]).
+    batched: bool,
 }
 
 impl Worker {
@@ -136,7 +139,32 @@ impl Worker {
             consecutive_failures: 0,
             sync_failures_total: 0,
             sync_timeouts_total: 0,
+            batched: false,
         }
+    }
+
+    /// Batched mode: every acknowledgement makes the next report due at
+    /// once. The reporter holds one call for the whole Envoy and sends the
+    /// next one when every live worker's report is in, so a worker that
+    /// waited for its interval instead would hold the batch up, or miss it
+    /// and wait a whole hold for the one after.
+    pub fn set_batched(&mut self, batched: bool) {
+        self.batched = batched;
+    }
+
+    /// Batched mode: weights the reporter pushed to this worker because its
+    /// report was not in the answered batch. Applied only if newer than the
+    /// ones in force (a push never undoes an acknowledgement's weights);
+    /// the report in flight is untouched, and its acknowledgement makes the
+    /// next report, which confirms the new version, due at once. Returns
+    /// `(old, new)` when the weights changed.
+    pub fn apply_pushed_weights(&mut self, weights: Weights) -> Option<(Weights, Weights)> {
+        if weights.weights_version <= self.weights.weights_version {
+            return None;
+        }
+        let old = self.weights;
+        self.weights = weights;
+        Some((old, weights))
     }
 
     pub fn weights(&self) -> Weights {
@@ -313,10 +341,17 @@ impl Worker {
                 let old = self.weights;
                 let weights_changed = (response.weights != old).then_some((old, response.weights));
                 self.weights = response.weights;
-                // New weights are confirmed at once; otherwise keep to the
-                // report interval even if the analyzer answered early.
-                self.next_sync_ms =
-                    if weights_changed.is_some() { now_ms } else { self.last_dispatch_ms + self.report_interval_ms };
+                // New weights are confirmed at once, and so is a version the
+                // analyzer has not seen this worker apply yet (pushed while
+                // the report was in flight); in batched mode every next
+                // report goes at once. Otherwise keep to the report interval
+                // even if the analyzer answered early.
+                let unconfirmed = self.weights.weights_version != self.header.weights_version;
+                self.next_sync_ms = if weights_changed.is_some() || unconfirmed || self.batched {
+                    now_ms
+                } else {
+                    self.last_dispatch_ms + self.report_interval_ms
+                };
                 // A hold that lasted the whole interval makes the next sync
                 // due at once: reopening it here, not at the next tick, keeps
                 // a call open nearly all the time, so a rollback never waits

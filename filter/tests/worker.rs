@@ -245,3 +245,36 @@ fn batched_reports_time_out_at_the_sync_timeout_and_can_be_abandoned_for_a_direc
         "no reporter VM in this Envoy could take the report (batched mode)"
     );
 }
+
+/// Batched mode: the next report is due as soon as one is acknowledged, and
+/// weights the reporter pushes apply at once but only forwards; the report
+/// in flight still carries the old applied version, so its acknowledgement
+/// makes the confirming report due at once even in per-worker timing.
+#[test]
+fn batched_workers_report_right_after_each_ack_and_apply_pushed_weights_forwards_only() {
+    let mut worker = worker();
+    worker.set_batched(true);
+    sent(&mut worker, 0);
+    let outcome = worker.finish_sync(10, ack(1, weights(0, 0)));
+    assert!(outcome.resync_now, "batched: the next report goes at once, not after the interval");
+
+    let mut worker = worker_with_weights(weights(3, 100));
+    assert_eq!(worker.apply_pushed_weights(weights(3, 900)), None, "the same version is not re-applied");
+    assert_eq!(worker.apply_pushed_weights(weights(2, 900)), None, "an older version never undoes a newer one");
+    let report = sent(&mut worker, 1_000);
+    assert_eq!(report.header.weights_version, 3);
+    assert_eq!(worker.apply_pushed_weights(weights(4, 0)), Some((weights(3, 100), weights(4, 0))));
+    assert_eq!(worker.decide_random(), Version::Stable, "a pushed rollback applies at once");
+    // The ack (same weights as pushed) still makes the confirming report due.
+    let outcome = worker.finish_sync(1_010, ack(report.header.seq, weights(4, 0)));
+    assert!(outcome.weights_changed.is_none() && outcome.resync_now);
+    assert_eq!(sent(&mut worker, 1_010).header.weights_version, 4);
+}
+
+/// A per-worker worker that has applied `applied` through an ack.
+fn worker_with_weights(applied: Weights) -> Worker {
+    let mut worker = worker();
+    sent(&mut worker, 0);
+    worker.finish_sync(5, ack(1, applied));
+    worker
+}

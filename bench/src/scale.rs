@@ -39,8 +39,8 @@
 //!
 //! **Batched** (`--batched`): each simulated proxy is one connection whose
 //! workers (each its own worker id and seq) send their reports together, one
-//! batch per exchange to `POST /v1/filter/sync-batch`, as protocol v2's
-//! per-Envoy reporter will; the floor then answers on its batch path. The
+//! batch per exchange to `POST /v1/filter/sync-batch`, as the filter's
+//! reporter VM does with `batch_reports`; the floor then answers on its batch path. The
 //! connection count is the proxy count, so the default sizes are 1,000,
 //! 4,000 and 10,000 proxies × 4 (40,000 workers fit where the per-worker
 //! mode's 40,000 connections do not). The target is stated per worker
@@ -358,8 +358,8 @@ pub struct ScaleArgs {
     /// Batch each proxy's reports: one connection per proxy, its workers'
     /// reports (each worker its own id and seq) together in one batch per
     /// exchange to `POST /v1/filter/sync-batch`, hold = the report interval
-    /// (saturation: --saturation-hold-ms), as protocol v2's per-Envoy
-    /// reporter will. Results still count worker reports, and HTTP exchanges
+    /// (saturation: --saturation-hold-ms), as the filter's reporter VM
+    /// does with `batch_reports`. Results still count worker reports, and HTTP exchanges
     /// next to them; the floor runs its batch path.
     #[arg(long)]
     pub batched: bool,
@@ -1675,7 +1675,7 @@ pub fn reporting_line(options: &ScaleOptions) -> String {
     let how = match options.batching() {
         Some(reports) => format!(
             "one connection per proxy, its {reports} workers' reports (each its own worker id and seq) in one batch \
-             per exchange, as protocol v2's per-Envoy reporter will; reports/s count worker reports, exchanges/s \
+             per exchange, as the filter's reporter does with `batch_reports`; reports/s count worker reports, exchanges/s \
              HTTP exchanges"
         ),
         None => "one connection per worker, as the filter's worker VMs today".to_owned(),

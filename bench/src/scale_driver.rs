@@ -27,8 +27,8 @@
 //! held sample may read up to about 1 ms high.
 //!
 //! **Batched** ([`SyncSettings::batched`]), each simulated proxy is one sync
-//! loop with one connection, as protocol v2's per-Envoy reporter will be
-//! (`docs/batched-reports.md`): its workers keep their own worker ids and
+//! loop with one connection, as the filter's reporter VM is with
+//! `batch_reports` (`docs/batched-reports.md`): its workers keep their own worker ids and
 //! seqs, each cuts its report as above, and the proxy sends them together as
 //! one `canary_protocol::batch` whose `max_hold_ms` is the workers' hold. The
 //! answer is a `BatchAck`; unless it acknowledges every worker id with the

@@ -32,7 +32,8 @@ pub struct FilterConfig {
     /// The testers' override header (`"override"` in JSON); off when `None`.
     pub version_override: Option<VersionOverride>,
     /// One VM per Envoy sends every worker's report in one batched call
-    /// (`crate::reporter`) instead of one sync call per worker VM.
+    /// (`crate::reporter`) instead of one sync call per worker VM. On by
+    /// default: the analyzer then handles one HTTP exchange per Envoy.
     pub batch_reports: bool,
 }
 
@@ -254,7 +255,7 @@ struct RawConfig {
     proxy_id: Option<String>,
     #[serde(default, rename = "override")]
     version_override: Option<RawOverride>,
-    #[serde(default)]
+    #[serde(default = "default_batch_reports")]
     batch_reports: bool,
 }
 
@@ -283,6 +284,10 @@ fn default_authority() -> String {
 
 fn default_interval_ms() -> u32 {
     1_000
+}
+
+fn default_batch_reports() -> bool {
+    true
 }
 
 fn default_route_header() -> String {

@@ -101,19 +101,21 @@ pub fn lease_duration_ms(report_interval_ms: u64) -> u64 {
 /// | 4 | the worker's queue token, little-endian |
 /// | 8 | worker id, little-endian |
 /// | 8 | seq, little-endian |
+/// | 8 | the weights version the worker had applied when it cut the report |
 /// | rest | the version-1 report |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportMessage<'b> {
     pub queue_token: u32,
     pub worker_id: u64,
     pub seq: u64,
+    pub weights_version: u64,
     pub report: &'b [u8],
 }
 
 /// First byte of a [`ReportMessage`]; an acknowledgement on a worker's
 /// queue is a [`SyncResponse`], which starts with `b'C'`.
 pub const REPORT_MESSAGE_TAG: u8 = b'R';
-const REPORT_MESSAGE_HEADER: usize = 21;
+const REPORT_MESSAGE_HEADER: usize = 29;
 
 impl<'b> ReportMessage<'b> {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -122,6 +124,7 @@ impl<'b> ReportMessage<'b> {
         out.extend_from_slice(&self.queue_token.to_le_bytes());
         out.extend_from_slice(&self.worker_id.to_le_bytes());
         out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.weights_version.to_le_bytes());
         out.extend_from_slice(self.report);
     }
 
@@ -138,6 +141,7 @@ impl<'b> ReportMessage<'b> {
             queue_token,
             worker_id: u64::from_le_bytes(word(5..13)),
             seq: u64::from_le_bytes(word(13..21)),
+            weights_version: u64::from_le_bytes(word(21..29)),
             report: &bytes[REPORT_MESSAGE_HEADER..],
         })
     }
@@ -153,6 +157,29 @@ pub const GATHER_GRACE_MS: u64 = 20;
 /// new weights (seqs start at 1).
 pub const WEIGHTS_ONLY_SEQ: u64 = 0;
 
+/// The two batches a reporter may have open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKind {
+    /// The long-poll: every waiting report, held by the analyzer for the
+    /// report interval unless the weights change. New weights come back on
+    /// it.
+    Held,
+    /// Reports that must not wait for the held batch to come back: those
+    /// whose applied weights version the analyzer has not seen from that
+    /// worker (a confirmation of new weights, or a worker new to this
+    /// reporter). Sent at once with no hold, one such batch at a time.
+    Quick,
+}
+
+impl BatchKind {
+    fn index(self) -> usize {
+        match self {
+            BatchKind::Held => 0,
+            BatchKind::Quick => 1,
+        }
+    }
+}
+
 /// One worker as the reporter knows it.
 #[derive(Debug)]
 struct Known {
@@ -160,10 +187,27 @@ struct Known {
     last_seen_ms: u64,
     /// The report not yet acknowledged: (seq, bytes).
     pending: Option<(u64, Vec<u8>)>,
-    /// When `pending` arrived.
+    /// When `pending` arrived, and the applied weights version it carries.
     pending_since_ms: u64,
-    /// Seq of `pending` in the batch in flight, if it is in it.
-    in_flight_seq: Option<u64>,
+    pending_weights_version: u64,
+    /// The applied weights version of this worker's last report sent in a
+    /// batch: what the analyzer knows of it.
+    sent_weights_version: Option<u64>,
+    /// Seq of `pending` and the batch it is in, while that batch is open.
+    in_flight: Option<(u64, BatchKind)>,
+}
+
+impl Known {
+    /// Waiting and not in an open batch.
+    fn sendable(&self) -> bool {
+        self.pending.is_some() && self.in_flight.is_none()
+    }
+
+    /// The analyzer has not seen this worker apply the version its waiting
+    /// report carries.
+    fn unconfirmed(&self) -> bool {
+        self.sent_weights_version != Some(self.pending_weights_version)
+    }
 }
 
 /// What to do with an answered batch: one message per worker.
@@ -178,8 +222,8 @@ pub struct Delivery {
 pub struct Reporter {
     report_interval_ms: u64,
     workers: BTreeMap<u64, Known>,
-    in_flight: bool,
-    last_dispatch_ms: u64,
+    /// Indexed by [`BatchKind::index`].
+    open: [bool; 2],
     next_send_ms: u64,
     batches_failed_total: u64,
     consecutive_failures: u64,
@@ -193,8 +237,7 @@ impl Reporter {
         Reporter {
             report_interval_ms: u64::from(report_interval_ms),
             workers: BTreeMap::new(),
-            in_flight: false,
-            last_dispatch_ms: 0,
+            open: [false; 2],
             next_send_ms: 0,
             batches_failed_total: 0,
             consecutive_failures: 0,
@@ -217,7 +260,9 @@ impl Reporter {
             last_seen_ms: now_ms,
             pending: None,
             pending_since_ms: now_ms,
-            in_flight_seq: None,
+            pending_weights_version: message.weights_version,
+            sent_weights_version: None,
+            in_flight: None,
         });
         known.queue_token = message.queue_token;
         known.last_seen_ms = now_ms;
@@ -225,59 +270,76 @@ impl Reporter {
         if newer {
             known.pending = Some((message.seq, message.report.to_vec()));
             known.pending_since_ms = now_ms;
+            known.pending_weights_version = message.weights_version;
         }
     }
 
-    /// Whether a batch should go now: nothing in flight, past the backoff,
-    /// something to send, and either every live worker has a report waiting
-    /// (so one batch carries all of them, as after an answer) or, at a tick,
-    /// a report has waited [`GATHER_GRACE_MS`] (a worker that went quiet
-    /// must not hold the others back longer than a tick).
-    pub fn send_due(&self, now_ms: u64, at_tick: bool) -> bool {
-        if self.in_flight || now_ms < self.next_send_ms {
-            return false;
+    /// Which batch should go now, if any (past the backoff after a failure):
+    /// - the held batch, when none is open, something waits, and either
+    ///   every live worker has a report waiting (so one batch carries all
+    ///   of them, as after an answer) or, at a tick, a report has waited
+    ///   [`GATHER_GRACE_MS`] (a worker that went quiet must not hold the
+    ///   others back longer than a tick);
+    /// - else a quick batch, when none is open and a waiting report is
+    ///   unconfirmed (see [`BatchKind::Quick`]).
+    pub fn send_due(&self, now_ms: u64, at_tick: bool) -> Option<BatchKind> {
+        if now_ms < self.next_send_ms {
+            return None;
         }
-        let mut oldest_wait_ms = None;
-        let mut live_without_report = 0usize;
-        for known in self.workers.values() {
-            if known.pending.is_some() {
-                let waited = now_ms.saturating_sub(known.pending_since_ms);
-                oldest_wait_ms = oldest_wait_ms.max(Some(waited));
-            } else if self.is_live(known, now_ms) {
-                live_without_report += 1;
+        if !self.open[BatchKind::Held.index()] {
+            let mut oldest_wait_ms = None;
+            let mut live_without_report = 0usize;
+            for known in self.workers.values() {
+                if known.sendable() {
+                    let waited = now_ms.saturating_sub(known.pending_since_ms);
+                    oldest_wait_ms = oldest_wait_ms.max(Some(waited));
+                } else if known.pending.is_none() && self.is_live(known, now_ms) {
+                    live_without_report += 1;
+                }
             }
+            let due =
+                oldest_wait_ms.is_some_and(|waited| live_without_report == 0 || (at_tick && waited >= GATHER_GRACE_MS));
+            return due.then_some(BatchKind::Held);
         }
-        oldest_wait_ms.is_some_and(|waited| live_without_report == 0 || (at_tick && waited >= GATHER_GRACE_MS))
+        let quick = !self.open[BatchKind::Quick.index()]
+            && self.workers.values().any(|known| known.sendable() && known.unconfirmed());
+        quick.then_some(BatchKind::Quick)
     }
 
-    /// Frames the waiting reports (at most [`MAX_BATCH_REPORTS`], oldest
-    /// workers first by id) into a batch body and marks them in flight.
-    /// Forgets workers gone quiet with nothing left to deliver.
-    pub fn begin_batch(&mut self, now_ms: u64, max_hold_ms: u32, out: &mut Vec<u8>) -> usize {
+    /// Frames the reports `kind` takes (at most [`MAX_BATCH_REPORTS`],
+    /// by worker id) into a batch body, marks them in flight and returns
+    /// how many there are. Forgets workers gone quiet with nothing left to
+    /// deliver.
+    pub fn begin_batch(&mut self, kind: BatchKind, max_hold_ms: u32, now_ms: u64, out: &mut Vec<u8>) -> usize {
         let interval = self.report_interval_ms;
-        self.workers
-            .retain(|_, known| known.pending.is_some() || now_ms.saturating_sub(known.last_seen_ms) <= interval * 10);
+        self.workers.retain(|_, known| {
+            known.pending.is_some()
+                || known.in_flight.is_some()
+                || now_ms.saturating_sub(known.last_seen_ms) <= interval * 10
+        });
         let mut reports: Vec<&[u8]> = Vec::new();
         for known in self.workers.values_mut() {
-            known.in_flight_seq = None;
-            if reports.len() == MAX_BATCH_REPORTS {
+            if reports.len() == MAX_BATCH_REPORTS || !known.sendable() {
+                continue;
+            }
+            if kind == BatchKind::Quick && !known.unconfirmed() {
                 continue;
             }
             if let Some((seq, bytes)) = &known.pending {
-                known.in_flight_seq = Some(*seq);
+                known.in_flight = Some((*seq, kind));
+                known.sent_weights_version = Some(known.pending_weights_version);
                 reports.push(bytes);
             }
         }
         let count = reports.len();
         encode_batch(max_hold_ms, reports.into_iter(), out);
-        self.in_flight = true;
-        self.last_dispatch_ms = now_ms;
+        self.open[kind.index()] = true;
         count
     }
 
-    /// Whether a batch is open.
-    pub fn in_flight(&self) -> bool {
-        self.in_flight
+    /// Whether a batch of `kind` is open.
+    pub fn is_open(&self, kind: BatchKind) -> bool {
+        self.open[kind.index()]
     }
 
     pub fn batches_failed_total(&self) -> u64 {
@@ -290,23 +352,28 @@ impl Reporter {
         self.consecutive_failures == 1
     }
 
-    /// Ends the batch in flight with the analyzer's answer, or `None` when
-    /// the call failed (the shim logs why). On an answer, each acknowledged
-    /// report is dropped and its worker gets a [`SyncResponse`] with the
-    /// weights; an acknowledgement for a seq the reporter did not send is
-    /// ignored (the worker re-sends after its timeout). When the answer
-    /// brings new weights, every other known worker gets them too, as a
-    /// [`WEIGHTS_ONLY_SEQ`] delivery: a rollback must not wait for a
-    /// worker's report to be in the batch. On a failure every report stays
-    /// waiting and the next batch waits `min(interval, 1 s)`.
-    pub fn finish_batch(&mut self, now_ms: u64, answer: Option<BatchAck>) -> Vec<Delivery> {
-        self.in_flight = false;
+    /// Ends the open batch of `kind` with the analyzer's answer, or `None`
+    /// when the call failed (the shim logs why). On an answer, each
+    /// acknowledged report is dropped and its worker gets a
+    /// [`SyncResponse`] with the weights; an acknowledgement for a seq the
+    /// reporter did not send in this batch is ignored (the worker re-sends
+    /// after its timeout). When the answer brings new weights, every other
+    /// known worker gets them too, as a [`WEIGHTS_ONLY_SEQ`] delivery: a
+    /// rollback must not wait for a worker's report to be in the batch. On
+    /// a failure the batch's reports wait again, the analyzer is told
+    /// nothing new of their workers, and the next batch waits
+    /// `min(interval, 1 s)`.
+    pub fn finish_batch(&mut self, kind: BatchKind, now_ms: u64, answer: Option<BatchAck>) -> Vec<Delivery> {
+        self.open[kind.index()] = false;
         let Some(ack) = answer else {
             self.batches_failed_total += 1;
             self.consecutive_failures += 1;
             self.next_send_ms = now_ms + self.report_interval_ms.min(1_000);
             for known in self.workers.values_mut() {
-                known.in_flight_seq = None;
+                if known.in_flight.is_some_and(|(_, open)| open == kind) {
+                    known.in_flight = None;
+                    known.sent_weights_version = None;
+                }
             }
             return Vec::new();
         };
@@ -314,10 +381,10 @@ impl Reporter {
         let mut deliveries = Vec::with_capacity(self.workers.len());
         for worker_ack in &ack.acks {
             let Some(known) = self.workers.get_mut(&worker_ack.worker_id) else { continue };
-            if known.in_flight_seq != Some(worker_ack.acked_seq) {
+            if known.in_flight != Some((worker_ack.acked_seq, kind)) {
                 continue;
             }
-            known.in_flight_seq = None;
+            known.in_flight = None;
             if known.pending.as_ref().is_some_and(|(seq, _)| *seq == worker_ack.acked_seq) {
                 known.pending = None;
             }
@@ -330,7 +397,10 @@ impl Reporter {
         self.last_weights = Some(ack.weights);
         let acked = deliveries.len();
         for known in self.workers.values_mut() {
-            known.in_flight_seq = None;
+            if known.in_flight.is_some_and(|(_, open)| open == kind) {
+                // Not acknowledged: wait again.
+                known.in_flight = None;
+            }
             if new_weights && !deliveries[..acked].iter().any(|delivery| delivery.queue_token == known.queue_token) {
                 deliveries.push(Delivery {
                     queue_token: known.queue_token,

@@ -15,8 +15,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
 use crate::reporter::{
-    LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ, lease_action,
-    lease_duration_ms,
+    BatchKind, LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
+    lease_action, lease_duration_ms,
 };
 use crate::worker::{SyncFailure, SyncOutcome, Worker};
 
@@ -74,8 +74,13 @@ struct Batched {
     queue_id: u32,
     role: Role,
     reporter: Reporter,
-    /// The batch call in flight, if this VM sent one.
-    batch_call: Option<u32>,
+    /// The batch calls in flight, if this VM sent them: the held one and
+    /// the quick one (`crate::reporter::BatchKind`).
+    held_call: Option<u32>,
+    quick_call: Option<u32>,
+    /// This worker's sync in flight went directly (no reporter yet), so
+    /// Envoy's call timeout ends it, not [`CanaryRoot::expire_batched_sync`].
+    direct_in_flight: bool,
     /// Scratch for messages and batch bodies, kept to reuse its capacity.
     scratch: Vec<u8>,
 }
@@ -183,12 +188,17 @@ impl Context for CanaryRoot {
     fn on_done(&mut self) -> bool {
         let Some(configured) = self.configured.clone() else { return true };
         self.shutting_down = true;
-        if self.batched.is_some() {
+        if let Some(batched) = &self.batched {
             // Hand the reporter's role over at once rather than after the
             // lease expires, and send this worker's report itself: the
-            // final sync goes direct (see `start_sync`).
+            // final sync goes direct (see `start_sync`). A direct sync
+            // already in flight ends the shutdown with its answer, as in
+            // per-worker mode.
+            let direct_in_flight = batched.direct_in_flight;
             self.release_lease();
-            configured.worker.borrow_mut().abandon_sync();
+            if !direct_in_flight {
+                configured.worker.borrow_mut().abandon_sync();
+            }
         }
         configured.worker.borrow_mut().stop_holding();
         let (in_flight, unreported, (in_report, accumulating)) = {
@@ -227,11 +237,23 @@ impl Context for CanaryRoot {
     }
 
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
-        if self.batched.as_ref().is_some_and(|batched| batched.batch_call == Some(token_id)) {
-            self.finish_batch_call(num_headers, body_size);
+        let batch = self.batched.as_ref().and_then(|batched| {
+            if batched.held_call == Some(token_id) {
+                Some(BatchKind::Held)
+            } else if batched.quick_call == Some(token_id) {
+                Some(BatchKind::Quick)
+            } else {
+                None
+            }
+        });
+        if let Some(kind) = batch {
+            self.finish_batch_call(kind, num_headers, body_size);
             return;
         }
         let Some(configured) = self.configured.clone() else { return };
+        if let Some(batched) = self.batched.as_mut() {
+            batched.direct_in_flight = false;
+        }
         let now_ms = self.now_ms();
         let result = read_sync_response(num_headers, body_size);
         let failure = result.as_ref().err().cloned();
@@ -321,11 +343,13 @@ impl CanaryRoot {
                     queue_id,
                     role: Role::Unknown,
                     reporter: Reporter::new(configured.config.report_interval_ms),
-                    batch_call: None,
+                    held_call: None,
+                    quick_call: None,
+                    direct_in_flight: false,
                     scratch: Vec::new(),
                 });
                 configured.worker.borrow_mut().set_batched(true);
-                self.refresh_lease();
+                self.refresh_lease(false);
             }
             Err(status) => log(
                 LogLevel::Warn,
@@ -334,8 +358,12 @@ impl CanaryRoot {
         }
     }
 
-    /// Reads the lease, then renews, follows or takes it.
-    fn refresh_lease(&mut self) {
+    /// Reads the lease, then renews or follows it, and takes it when
+    /// `may_take`. Only a tick may take it: Envoy configures a base VM on
+    /// the main thread that never ticks, and whose queue's messages reach
+    /// the main thread's root context instead, so a VM that took the lease
+    /// before its first tick could be one that never sends a batch.
+    fn refresh_lease(&mut self, may_take: bool) {
         let Some(configured) = self.configured.clone() else { return };
         let Some(batched) = self.batched.as_mut() else { return };
         let worker_id = configured.worker.borrow().worker_id();
@@ -346,6 +374,7 @@ impl CanaryRoot {
             Ok((value, cas)) => {
                 match lease_action(value.as_deref().and_then(Lease::from_bytes), worker_id, now_unix_ms) {
                     LeaseAction::Follow { queue_token } => Role::Worker { reporter_queue: queue_token },
+                    LeaseAction::Take if !may_take => Role::Unknown,
                     LeaseAction::Renew | LeaseAction::Take => {
                         let lease = Lease {
                             owner_worker_id: worker_id,
@@ -396,11 +425,21 @@ impl CanaryRoot {
     }
 
     /// The worker's side: hands the report to the reporter (this VM's own
-    /// table when it is the reporter, else the reporter's queue).
+    /// table when it is the reporter, else the reporter's queue). With no
+    /// reporter yet (the first report after configuration, or no VM has
+    /// ticked since the lease expired) the report goes directly, as in
+    /// per-worker mode, so the first weights never wait for an election.
     fn start_batched_sync(&mut self) {
         let Some(configured) = self.configured.clone() else { return };
         if self.batched.as_ref().is_some_and(|batched| batched.role == Role::Unknown) {
-            self.refresh_lease();
+            self.refresh_lease(false);
+        }
+        if let Some(batched) = self.batched.as_mut()
+            && batched.role == Role::Unknown
+        {
+            batched.direct_in_flight = true;
+            self.start_direct_sync();
+            return;
         }
         let now_ms = self.now_ms();
         let Some(batched) = self.batched.as_mut() else { return };
@@ -408,8 +447,8 @@ impl CanaryRoot {
             let mut worker = configured.worker.borrow_mut();
             worker.begin_sync(now_ms);
             let worker_id = worker.worker_id();
-            let Some((seq, report)) = worker.unacked_report() else { return };
-            let message = ReportMessage { queue_token: batched.queue_id, worker_id, seq, report };
+            let Some((seq, weights_version, report)) = worker.unacked_report() else { return };
+            let message = ReportMessage { queue_token: batched.queue_id, worker_id, seq, weights_version, report };
             match batched.role {
                 Role::Reporter => {
                     batched.reporter.receive(message, now_ms);
@@ -438,6 +477,9 @@ impl CanaryRoot {
     /// worker's own call).
     fn expire_batched_sync(&mut self) {
         let Some(configured) = self.configured.clone() else { return };
+        if self.batched.as_ref().is_some_and(|batched| batched.direct_in_flight) {
+            return;
+        }
         let now_ms = self.now_ms();
         let (outcome, failure) = {
             let mut worker = configured.worker.borrow_mut();
@@ -485,15 +527,26 @@ impl CanaryRoot {
         self.after_sync(&configured, outcome, None);
     }
 
-    /// The reporter's side: sends the waiting reports as one batch when due.
+    /// The reporter's side: sends the batches that are due (the held one
+    /// first; a quick one may follow at once).
     fn send_batch_if_due(&mut self, at_tick: bool) {
-        let Some(configured) = self.configured.clone() else { return };
+        for _ in 0..2 {
+            if !self.send_one_batch_if_due(at_tick) {
+                return;
+            }
+        }
+    }
+
+    /// Sends one batch if one is due; whether it did.
+    fn send_one_batch_if_due(&mut self, at_tick: bool) -> bool {
+        let Some(configured) = self.configured.clone() else { return false };
         let now_ms = self.now_ms();
         let shutting_down = self.shutting_down;
-        let Some(batched) = self.batched.as_mut() else { return };
-        if batched.role != Role::Reporter || shutting_down || !batched.reporter.send_due(now_ms, at_tick) {
-            return;
+        let Some(batched) = self.batched.as_mut() else { return false };
+        if batched.role != Role::Reporter || shutting_down {
+            return false;
         }
+        let Some(kind) = batched.reporter.send_due(now_ms, at_tick) else { return false };
         let config = &configured.config;
         let mut headers = vec![
             (":method", "POST"),
@@ -504,15 +557,27 @@ impl CanaryRoot {
         if !config.analyzer_token.is_empty() {
             headers.push(("authorization", configured.authorization.as_str()));
         }
+        // The held batch is the long-poll; a quick one asks for no hold.
+        let max_hold_ms = match kind {
+            BatchKind::Held => config.report_interval_ms,
+            BatchKind::Quick => 0,
+        };
         batched.scratch.clear();
-        batched.reporter.begin_batch(now_ms, config.report_interval_ms, &mut batched.scratch);
+        batched.reporter.begin_batch(kind, max_hold_ms, now_ms, &mut batched.scratch);
         let timeout = Duration::from_millis(batched.reporter.batch_timeout_ms());
         match hostcalls::dispatch_http_call(&config.analyzer_cluster, headers, Some(&batched.scratch), vec![], timeout)
         {
-            Ok(token) => batched.batch_call = Some(token),
+            Ok(token) => {
+                match kind {
+                    BatchKind::Held => batched.held_call = Some(token),
+                    BatchKind::Quick => batched.quick_call = Some(token),
+                }
+                true
+            }
             Err(_) => {
-                batched.reporter.finish_batch(now_ms, None);
+                batched.reporter.finish_batch(kind, now_ms, None);
                 log_batch_failure(&batched.reporter, &SyncFailure::Dispatch, config);
+                false
             }
         }
     }
@@ -520,17 +585,20 @@ impl CanaryRoot {
     /// The reporter's side: the analyzer answered a batch (or the call
     /// failed). Each worker's acknowledgement goes to its queue, this VM's
     /// own straight to its worker.
-    fn finish_batch_call(&mut self, num_headers: usize, body_size: usize) {
+    fn finish_batch_call(&mut self, kind: BatchKind, num_headers: usize, body_size: usize) {
         let Some(configured) = self.configured.clone() else { return };
         let now_ms = self.now_ms();
         let Some(batched) = self.batched.as_mut() else { return };
-        batched.batch_call = None;
+        match kind {
+            BatchKind::Held => batched.held_call = None,
+            BatchKind::Quick => batched.quick_call = None,
+        }
         let deliveries = match read_call_body(num_headers, body_size)
             .and_then(|body| BatchAck::decode(&body).map_err(|error| SyncFailure::BadBody(error.to_string())))
         {
-            Ok(ack) => batched.reporter.finish_batch(now_ms, Some(ack)),
+            Ok(ack) => batched.reporter.finish_batch(kind, now_ms, Some(ack)),
             Err(failure) => {
-                batched.reporter.finish_batch(now_ms, None);
+                batched.reporter.finish_batch(kind, now_ms, None);
                 log_batch_failure(&batched.reporter, &failure, &configured.config);
                 Vec::new()
             }
@@ -617,7 +685,7 @@ impl RootContext for CanaryRoot {
             return;
         }
         if self.batched.is_some() {
-            self.refresh_lease();
+            self.refresh_lease(true);
             self.expire_batched_sync();
         }
         let due = self.configured.as_ref().is_some_and(|c| c.worker.borrow().sync_due(self.now_ms()));

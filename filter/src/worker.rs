@@ -259,10 +259,11 @@ impl Worker {
         self.unacked.as_ref().map(|(seq, _)| *seq)
     }
 
-    /// The report cut and not yet acknowledged, with its seq: what
-    /// [`Worker::begin_sync`] returned.
-    pub fn unacked_report(&self) -> Option<(u64, &[u8])> {
-        self.unacked.as_ref().map(|(seq, bytes)| (*seq, bytes.as_slice()))
+    /// The report cut and not yet acknowledged: its seq, the weights
+    /// version it says this worker has applied, and its bytes (what
+    /// [`Worker::begin_sync`] returned).
+    pub fn unacked_report(&self) -> Option<(u64, u64, &[u8])> {
+        self.unacked.as_ref().map(|(seq, bytes)| (*seq, self.header.weights_version, bytes.as_slice()))
     }
 
     /// Batched mode: whether the report handed to the reporter has gone

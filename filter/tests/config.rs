@@ -26,7 +26,7 @@ fn minimal_config_gets_documented_defaults() {
             initial_canary_weight: CanaryWeight::ZERO,
             proxy_id: None,
             version_override: None,
-            batch_reports: false,
+            batch_reports: true,
         }
     );
 }
@@ -37,10 +37,10 @@ fn full_config_parses() {
         br#"{"analyzer_cluster": "outbound|9190||canary-analyzer.canary.svc.cluster.local",
              "analyzer_authority": "canary-analyzer:9190", "analyzer_token": "s3cret",
              "report_interval_ms": 500, "route_header": "X-Route", "sticky": {"cookie": "session"},
-             "initial_canary_weight_bp": 1, "proxy_id": "gw-1", "batch_reports": true}"#,
+             "initial_canary_weight_bp": 1, "proxy_id": "gw-1", "batch_reports": false}"#,
     )
     .expect("valid");
-    assert!(config.batch_reports);
+    assert!(!config.batch_reports, "one sync call per worker VM, when asked for");
     assert_eq!(config.route_header, "x-route");
     assert_eq!(config.sticky, Some(StickyKey::Cookie("session".into())));
     assert_eq!(config.initial_canary_weight.bp(), 1);

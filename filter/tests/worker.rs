@@ -221,7 +221,7 @@ fn batched_reports_time_out_at_the_sync_timeout_and_can_be_abandoned_for_a_direc
     assert_eq!(worker.worker_id(), 7);
     worker.record(Version::Canary, StatusClass::Success, 300);
     let handed = worker.begin_sync(100).to_vec();
-    assert_eq!(worker.unacked_report(), Some((1, handed.as_slice())));
+    assert_eq!(worker.unacked_report(), Some((1, 0, handed.as_slice())));
     assert_eq!(worker.unacked_seq(), Some(1));
 
     let timeout_ms = worker.sync_timeout_ms();

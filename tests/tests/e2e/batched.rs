@@ -1,8 +1,10 @@
-//! Batched reporting (`"batch_reports": true`): one VM per Envoy sends every
-//! worker's report in one `POST /v1/filter/sync-batch`. The same promises as
-//! per-worker syncs: every request counted exactly once, also across an
-//! analyzer crash; weight changes and rollbacks confirmed by every VM, and
-//! nothing reaching canary after a confirmed rollback.
+//! The two reporting modes, side by side: batched (`"batch_reports": true`,
+//! the default: one VM per Envoy sends every worker's report in one
+//! `POST /v1/filter/sync-batch`) and per worker (`false`: each VM its own
+//! `POST /v1/filter/sync`). Each keeps the same promises: every request
+//! counted exactly once, also across an analyzer crash; weight changes and
+//! rollbacks confirmed by every VM, and nothing reaching canary after a
+//! confirmed rollback. The other suites run in the default mode.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +20,8 @@ use super::{assert_all_answered, assert_confirmed};
 
 const CYCLES: usize = 3;
 
-fn batched_stack() -> StackBuilder {
-    super::stack().filter_config(json!({"batch_reports": true}))
+fn mode_stack(batched: bool) -> StackBuilder {
+    super::stack().filter_config(json!({"batch_reports": batched}))
 }
 
 /// `name` on the analyzer's `/metrics`.
@@ -28,9 +30,8 @@ async fn analyzer_metric(stack: &canary_tests::Stack, name: &str) -> Option<f64>
     prometheus_value(&response.text(), name)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_reports_confirm_rollbacks_and_count_exactly() {
-    let stack = Arc::new(batched_stack().start().await.expect("stack starts"));
+async fn rollbacks_are_confirmed_and_counts_exact(batched: bool) {
+    let stack = Arc::new(mode_stack(batched).start().await.expect("stack starts"));
     let workers = stack.concurrency() as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let background = {
@@ -57,7 +58,7 @@ async fn batched_reports_confirm_rollbacks_and_count_exactly() {
     let background = background.await.expect("background load");
     assert_all_answered(&background, &[200]);
     assert!(background.served_by("canary") > 0, "the 50% phases reached canary: {:?}", background.served_by);
-    eprintln!("batched propagation: set 50% {set_ms:.1?} ms, rollback {rollback_ms:.1?} ms");
+    eprintln!("batch_reports {batched}: propagation set 50% {set_ms:.1?} ms, rollback {rollback_ms:.1?} ms");
 
     let canary_before = stack.backend_stats(Version::Canary).await.expect("stats").served;
     let after = stack.load(Load::requests(2_000)).await;
@@ -66,18 +67,23 @@ async fn batched_reports_confirm_rollbacks_and_count_exactly() {
     assert_eq!(canary_after, canary_before, "canary got requests after the confirmed rollback");
 
     assert_counts_converge(&stack).await;
-    // The reports came in batches: one exchange carried several VMs' reports.
     let batches = analyzer_metric(&stack, "canary_report_batches_total").await.unwrap_or(0.0);
     let reports = analyzer_metric(&stack, "canary_reports_received_total").await.unwrap_or(0.0);
-    eprintln!("batched: {reports} reports in {batches} batches");
-    assert!(batches > 0.0 && reports > 1.5 * batches, "{reports} reports in {batches} batches");
+    eprintln!("batch_reports {batched}: {reports} reports in {batches} batches");
     let log = stack.envoy_log();
-    assert!(log.contains("this VM is now this Envoy's reporter"), "no reporter in the Envoy log:\n{log}");
+    if batched {
+        // One exchange carried several VMs' reports.
+        assert!(batches > 0.0 && reports > 1.5 * batches, "{reports} reports in {batches} batches");
+        assert!(log.contains("this VM is now this Envoy's reporter"), "no reporter in the Envoy log:\n{log}");
+    } else {
+        assert_eq!(batches, 0.0, "per-worker syncs send no batch");
+        assert!(reports > 0.0);
+        assert!(!log.contains("reporter"), "a reporter in per-worker mode:\n{log}");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batched_reports_survive_an_analyzer_crash_and_count_exactly() {
-    let mut stack = batched_stack().start().await.expect("stack starts");
+async fn an_analyzer_crash_loses_and_doubles_nothing(batched: bool) {
+    let mut stack = mode_stack(batched).start().await.expect("stack starts");
     let answer = stack.set_weight(50.0).await.expect("set weight");
     assert_confirmed(&answer, stack.concurrency() as u64);
     let load = stack.start_background_load(
@@ -85,7 +91,7 @@ async fn batched_reports_survive_an_analyzer_crash_and_count_exactly() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     stack.stop_analyzer(StopMode::Kill).await.expect("kill analyzer");
-    eventually!("the reporter counts failed batches while the analyzer is down", {
+    eventually!("Envoy counts failed syncs while the analyzer is down", {
         let failures = prometheus_value(&stack.envoy_prometheus().await?, "canary_split_sync_failures");
         anyhow::ensure!(failures.is_some_and(|failures| failures > 0.0), "canary_split_sync_failures = {failures:?}");
         Ok(())
@@ -99,4 +105,24 @@ async fn batched_reports_survive_an_analyzer_crash_and_count_exactly() {
     let rollout = stack.rollout().await.expect("rollout");
     assert_eq!(rollout["canary_weight_bp"], 5_000, "weight survives the restart: {rollout}");
     assert_counts_converge(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reports_confirm_rollbacks_and_count_exactly() {
+    rollbacks_are_confirmed_and_counts_exact(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_worker_reports_confirm_rollbacks_and_count_exactly() {
+    rollbacks_are_confirmed_and_counts_exact(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_reports_survive_an_analyzer_crash_and_count_exactly() {
+    an_analyzer_crash_loses_and_doubles_nothing(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_worker_reports_survive_an_analyzer_crash_and_count_exactly() {
+    an_analyzer_crash_loses_and_doubles_nothing(false).await;
 }

@@ -71,7 +71,8 @@ struct PropagationArgs {
     /// smoke: 100].
     #[arg(long)]
     rate: Option<f64>,
-    /// Run the filter with `batch_reports` (one reporter VM per Envoy).
+    /// Run the filter with `batch_reports` (its default: one reporter VM per
+    /// Envoy); without it, `batch_reports: false` (one sync per worker VM).
     #[arg(long)]
     batched: bool,
     /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;

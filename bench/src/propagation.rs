@@ -87,9 +87,10 @@ pub struct PropagationOptions {
     pub concurrencies: Vec<usize>,
     /// Background load through Envoy, requests per second.
     pub rate_per_second: f64,
-    /// The filter runs with `batch_reports`: one reporter VM per Envoy
-    /// syncs for all, and new weights reach the other VMs through their
-    /// shared queues.
+    /// The filter runs with `batch_reports` (its default): one reporter VM
+    /// per Envoy syncs for all, and new weights reach the other VMs through
+    /// their shared queues. Otherwise `batch_reports: false`, one sync call
+    /// per worker VM.
     pub batched: bool,
     pub smoke: bool,
 }
@@ -655,6 +656,8 @@ pub fn markdown(result: &PropagationResult) -> String {
             "- filter: `batch_reports` on: one reporter VM per Envoy syncs for all its VMs \
              (`POST /v1/filter/sync-batch`); new weights reach the others through their shared queues"
         );
+    } else {
+        let _ = writeln!(out, "- filter: `batch_reports: false`: each VM keeps its own `POST /v1/filter/sync` open");
     }
     let _ = writeln!(out, "- envoy: {}", artifacts.envoy_version.clone().unwrap_or_else(unknown));
     let _ = writeln!(
@@ -776,10 +779,12 @@ async fn run_concurrency(
     binaries: &Binaries,
     concurrency: usize,
 ) -> anyhow::Result<ConcurrencyRun> {
-    let mut builder = Stack::builder().binaries(binaries.clone()).concurrency(concurrency);
-    if options.batched {
-        builder = builder.filter_config(serde_json::json!({"batch_reports": true}));
-    }
+    // Said either way, so the run measures the mode it names whatever the
+    // filter's default.
+    let builder = Stack::builder()
+        .binaries(binaries.clone())
+        .concurrency(concurrency)
+        .filter_config(serde_json::json!({"batch_reports": options.batched}));
     let filter_configuration = serde_json::from_str(&builder.filter_configuration())?;
     report::progress("propagation", &format!("concurrency {concurrency}: starting the stack"));
     let stack = Arc::new(builder.start().await?);

@@ -62,7 +62,8 @@ pub const SYNC_BATCH_PATH: &str = "/v1/filter/sync-batch";
 /// What the listener serves: [`app`], except that `POST /v1/filter/sync`
 /// and `POST /v1/filter/sync-batch` go straight to their handlers.
 ///
-/// The sync endpoint is called once per report by every filter VM. Through the
+/// The sync endpoints carry every report: a call per Envoy per interval when
+/// batched, a call per filter VM otherwise. Through the
 /// router each call paid a route match, a boxed route future and an
 /// extensions map that axum allocates for path parameters even when a
 /// route has none (together about 7% of the analyzer's CPU with 4,096

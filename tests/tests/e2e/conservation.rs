@@ -68,7 +68,13 @@ async fn analyzer_totals_equal_backend_counts_across_weight_changes() {
 /// the middle of a rollout step.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_survives_an_analyzer_crash_and_counts_recover_exactly() {
-    let mut stack = super::stack().start().await.expect("stack starts");
+    analyzer_crash_keeps_the_split_and_every_count(super::stack()).await;
+}
+
+/// The crash case above on the stack `builder` makes (the reporting-mode
+/// tests run it in both modes).
+pub(super) async fn analyzer_crash_keeps_the_split_and_every_count(builder: canary_tests::StackBuilder) {
+    let mut stack = builder.start().await.expect("stack starts");
     let answer = stack.set_weight(50.0).await.expect("set weight");
     assert_confirmed(&answer, stack.concurrency() as u64);
     let weights_version = answer["weights_version"].clone();

@@ -16,7 +16,15 @@ const CYCLES: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_is_confirmed_and_nothing_reaches_canary_after_it() {
-    let stack = Arc::new(super::stack().start().await.expect("stack starts"));
+    rollbacks_are_confirmed_and_final(super::stack()).await;
+}
+
+/// Set-then-rollback cycles under steady load on the stack `builder`
+/// makes: every change confirmed by every VM, and nothing reaching canary
+/// once a rollback is confirmed. Returns the stack for more checks (the
+/// reporting-mode tests run it in both modes).
+pub(super) async fn rollbacks_are_confirmed_and_final(builder: canary_tests::StackBuilder) -> Arc<canary_tests::Stack> {
+    let stack = Arc::new(builder.start().await.expect("stack starts"));
     let workers = stack.concurrency() as u64;
 
     // Steady background traffic, as in production: propagation must not
@@ -70,6 +78,7 @@ async fn rollback_is_confirmed_and_nothing_reaches_canary_after_it() {
     let rollout = stack.rollout().await.expect("rollout");
     assert_eq!(rollout["canary_weight_bp"], 0, "{rollout}");
     assert_eq!(rollout["data_plane"]["converged"], true, "{rollout}");
+    stack
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

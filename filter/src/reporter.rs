@@ -245,6 +245,16 @@ impl Reporter {
         }
     }
 
+    /// A VM that lost the lease drops what it held (its workers re-send to
+    /// the new reporter after their sync timeout) but keeps its failure
+    /// counts, which Envoy's counters have already been given.
+    pub fn forget_workers(&mut self) {
+        self.workers.clear();
+        self.open = [false; 2];
+        self.next_send_ms = 0;
+        self.last_weights = None;
+    }
+
     /// A worker is live while it reported within two and a half intervals:
     /// at least once per interval, plus slack for a slow tick.
     fn is_live(&self, known: &Known, now_ms: u64) -> bool {

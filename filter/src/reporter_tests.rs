@@ -286,3 +286,16 @@ fn a_report_the_analyzer_has_not_seen_the_version_of_goes_at_once_unheld() {
     receive_at(&mut reporter, 13, 3, 2, 4, &report, 1_006);
     assert_eq!(reporter.send_due(1_006, false), Some(QUICK));
 }
+
+#[test]
+fn a_reporter_that_loses_the_lease_forgets_its_workers_but_not_its_failures() {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
+    reporter.finish_batch(HELD, 5, None);
+    reporter.forget_workers();
+    assert_eq!(reporter.batches_failed_total(), 1, "Envoy's counter only grows");
+    assert!(!reporter.is_open(HELD) && reporter.send_due(5_000, true).is_none(), "nothing held any more");
+}

@@ -160,7 +160,9 @@ impl CanaryRoot {
         }
         let batch_failures = self.batched.as_ref().map_or(0, |batched| batched.reporter.batches_failed_total());
         let failures = worker.sync_failures_total() + batch_failures;
-        let delta = failures - self.flushed_sync_failures;
+        // Totals only grow; saturating keeps a slip from wrapping into a
+        // huge increment.
+        let delta = failures.saturating_sub(self.flushed_sync_failures);
         if delta > 0 && hostcalls::increment_metric(metrics.sync_failures, delta as i64).is_ok() {
             self.flushed_sync_failures = failures;
         }
@@ -397,7 +399,7 @@ impl CanaryRoot {
             if batched.role == Role::Reporter {
                 // Reports held here are re-sent by their workers after their
                 // sync timeout, to the new reporter.
-                batched.reporter = Reporter::new(configured.config.report_interval_ms);
+                batched.reporter.forget_workers();
                 log(LogLevel::Info, "batch_reports: another VM took over as this Envoy's reporter");
             } else if role == Role::Reporter {
                 log(LogLevel::Info, "batch_reports: this VM is now this Envoy's reporter");

@@ -115,13 +115,15 @@ impl ReportBatch {
 
     /// Encodes decoded reports, as simulated proxies and tests do.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut scratch = Vec::new();
-        let mut encoded = Vec::with_capacity(self.reports.len());
-        for report in &self.reports {
-            scratch.clear();
-            report.encode(&mut scratch);
-            encoded.push(scratch.clone());
-        }
+        let encoded: Vec<Vec<u8>> = self
+            .reports
+            .iter()
+            .map(|report| {
+                let mut bytes = Vec::new();
+                report.encode(&mut bytes);
+                bytes
+            })
+            .collect();
         encode_batch(self.max_hold_ms, encoded.iter().map(Vec::as_slice), out);
     }
 }

@@ -1,5 +1,5 @@
-//! Batched reporting (`"batch_reports": true`): one VM per Envoy, the
-//! reporter, sends every worker's report to the analyzer in one
+//! Batched reporting (`"batch_reports"`, on by default): one VM per Envoy,
+//! the reporter, sends every worker's report to the analyzer in one
 //! `POST /v1/filter/sync-batch`, instead of one sync call per worker VM.
 //!
 //! The parts, each plain logic tested natively; the shim moves the bytes:
@@ -11,9 +11,12 @@
 //!   byte for byte as it would have sent it, into the reporter's shared
 //!   queue, with its own queue token so the reporter can answer.
 //! - **The reporter** ([`Reporter`]): keeps each worker's latest report
-//!   until it is acknowledged, frames them into one batch, and turns the
+//!   until it is acknowledged, frames them into one held batch (the
+//!   long-poll) and, for reports whose applied weights version the analyzer
+//!   has not seen, a quick unheld one ([`BatchKind`]). It turns the
 //!   analyzer's [`BatchAck`] into one [`SyncResponse`] per worker, which the
-//!   shim enqueues into that worker's queue. Workers then run exactly the
+//!   shim enqueues into that worker's queue, and pushes new weights to the
+//!   workers the answer did not acknowledge. Workers then run exactly the
 //!   state machine of [`crate::worker`], with the acknowledgement arriving
 //!   through their queue instead of an HTTP response.
 //!

@@ -436,15 +436,19 @@ impl CanaryRoot {
         if self.batched.as_ref().is_some_and(|batched| batched.role == Role::Unknown) {
             self.refresh_lease(false);
         }
-        if let Some(batched) = self.batched.as_mut()
-            && batched.role == Role::Unknown
-        {
-            batched.direct_in_flight = true;
+        if self.batched.as_ref().is_some_and(|batched| batched.role == Role::Unknown) {
             self.start_direct_sync();
+            // Only a call Envoy took is ended by Envoy's timeout; a failed
+            // dispatch has already been counted and backs off.
+            let in_flight = configured.worker.borrow().sync_in_flight();
+            if let Some(batched) = self.batched.as_mut() {
+                batched.direct_in_flight = in_flight;
+            }
             return;
         }
         let now_ms = self.now_ms();
         let Some(batched) = self.batched.as_mut() else { return };
+        batched.direct_in_flight = false;
         let failure = {
             let mut worker = configured.worker.borrow_mut();
             worker.begin_sync(now_ms);

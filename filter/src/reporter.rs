@@ -430,7 +430,3 @@ impl Reporter {
         self.report_interval_ms + crate::worker::SYNC_TIMEOUT_SLACK_MS
     }
 }
-
-#[cfg(test)]
-#[path = "reporter_tests.rs"]
-mod tests;

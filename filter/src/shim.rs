@@ -128,15 +128,7 @@ impl CanaryRoot {
         let now_ms = self.now_ms();
         let config = &configured.config;
         let mut worker = configured.worker.borrow_mut();
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", SYNC_PATH),
-            (":authority", config.analyzer_authority.as_str()),
-            ("content-type", "application/octet-stream"),
-        ];
-        if !config.analyzer_token.is_empty() {
-            headers.push(("authorization", configured.authorization.as_str()));
-        }
+        let headers = configured.call_headers(SYNC_PATH);
         let timeout = Duration::from_millis(worker.sync_timeout_ms());
         let body = worker.begin_sync(now_ms);
         if hostcalls::dispatch_http_call(&config.analyzer_cluster, headers, Some(body), vec![], timeout).is_err() {
@@ -554,15 +546,7 @@ impl CanaryRoot {
         }
         let Some(kind) = batched.reporter.send_due(now_ms, at_tick) else { return false };
         let config = &configured.config;
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", SYNC_BATCH_PATH),
-            (":authority", config.analyzer_authority.as_str()),
-            ("content-type", "application/octet-stream"),
-        ];
-        if !config.analyzer_token.is_empty() {
-            headers.push(("authorization", configured.authorization.as_str()));
-        }
+        let headers = configured.call_headers(SYNC_BATCH_PATH);
         // The held batch is the long-poll; a quick one asks for no hold.
         let max_hold_ms = match kind {
             BatchKind::Held => config.report_interval_ms,
@@ -841,6 +825,23 @@ fn sticky_key(sticky: &StickyKey) -> Option<KeyBytes> {
             let range = start..start + value.len();
             Some(KeyBytes::Cookie(header, range))
         }
+    }
+}
+
+impl Configured {
+    /// Headers of a call to the analyzer on `path`: both sync endpoints
+    /// take the same ones.
+    fn call_headers<'c>(&'c self, path: &'c str) -> Vec<(&'c str, &'c str)> {
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", self.config.analyzer_authority.as_str()),
+            ("content-type", "application/octet-stream"),
+        ];
+        if !self.config.analyzer_token.is_empty() {
+            headers.push(("authorization", self.authorization.as_str()));
+        }
+        headers
     }
 }
 

@@ -1,7 +1,13 @@
-use canary_protocol::{CanaryWeight, ReportBatch, Weights, WorkerAck};
+//! The reporter's rules (lease, message, batches, acknowledgements), driven
+//! as the shim drives them.
 
-use super::*;
-use crate::worker::Worker;
+use canary_filter::reporter::{
+    BatchKind, Delivery, GATHER_GRACE_MS, Lease, LeaseAction, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ, lease_action,
+    lease_duration_ms,
+};
+use canary_filter::worker::Worker;
+use canary_protocol::batch::MAX_BATCH_REPORTS;
+use canary_protocol::{BatchAck, CanaryWeight, ReportBatch, SyncResponse, Weights, WorkerAck};
 
 const INTERVAL_MS: u32 = 1_000;
 
@@ -122,8 +128,11 @@ fn a_batch_waits_for_every_live_worker_until_the_tick() {
     receive(&mut reporter, 11, 1, 2, &report, 1_001);
     assert!(reporter.send_due(1_001, false).is_none(), "worker 2 is live and its next report is on its way");
     assert!(reporter.send_due(1_001, true).is_none(), "a tick among the arrivals does not split the batch");
-    assert!(reporter.send_due(1_020, true).is_none());
-    assert!(reporter.send_due(1_021, true).is_some(), "but a tick does not wait longer than the grace for it");
+    assert!(reporter.send_due(1_001 + GATHER_GRACE_MS - 1, true).is_none());
+    assert!(
+        reporter.send_due(1_001 + GATHER_GRACE_MS, true).is_some(),
+        "but a tick does not wait longer than the grace"
+    );
     // Worker 2 went quiet: past two and a half intervals it holds nothing up.
     assert!(reporter.send_due(3_501, false).is_some());
 }
@@ -197,10 +206,15 @@ fn workers_gone_quiet_are_forgotten_once_delivered() {
     reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
     reporter.finish_batch(HELD, 5, Some(ack(1, &[(1, 1), (2, 1)])));
     // Only worker 1 keeps reporting; at the batch after ten intervals
-    // worker 2 is dropped from the table.
+    // worker 2 is dropped from the table, so new weights are no longer
+    // pushed to its (gone) queue.
     receive(&mut reporter, 11, 1, 2, &report, 10_001);
     reporter.begin_batch(HELD, INTERVAL_MS, 10_001, &mut body);
-    assert_eq!(reporter.workers.len(), 1);
+    let deliveries = reporter.finish_batch(HELD, 10_002, Some(ack(2, &[(1, 2)])));
+    assert_eq!(
+        deliveries,
+        [Delivery { queue_token: 11, response: SyncResponse { acked_seq: 2, weights: weights(2, 500) } }]
+    );
 }
 
 #[test]

@@ -95,6 +95,26 @@ pub fn lease_duration_ms(report_interval_ms: u64) -> u64 {
     (3 * report_interval_ms).max(1_000)
 }
 
+/// Where a worker handed its report in batched mode: into this VM's own
+/// reporter table, or into the queue of the reporter it followed then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handed {
+    Own,
+    Queue(u32),
+}
+
+/// Whether a report handed to a reporter must be handed over again now
+/// rather than after the worker's sync timeout: the lease is no longer
+/// where the report went (`now` is where a report would go at this tick,
+/// `None` when there is no reporter and it would go directly). The old
+/// reporter's table, and the report in it, is gone or going: its VM or
+/// root context was torn down (a filter configuration update, a drain), or
+/// this VM lost the lease and emptied its own table. Re-sending the same
+/// seq cannot count twice; the analyzer deduplicates it.
+pub fn must_hand_over_again(handed: Handed, now: Option<Handed>) -> bool {
+    now != Some(handed)
+}
+
 /// A worker's report on its way to the reporter: a fixed header the
 /// reporter needs without decoding the report, then the report's bytes.
 ///

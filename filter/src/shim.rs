@@ -15,8 +15,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Metr
 
 use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
 use crate::reporter::{
-    BatchKind, LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
-    lease_action, lease_duration_ms,
+    BatchKind, Handed, LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
+    lease_action, lease_duration_ms, must_hand_over_again,
 };
 use crate::worker::{SyncFailure, SyncOutcome, Worker};
 
@@ -81,6 +81,9 @@ struct Batched {
     /// This worker's sync in flight went directly (no reporter yet), so
     /// Envoy's call timeout ends it, not [`CanaryRoot::expire_batched_sync`].
     direct_in_flight: bool,
+    /// Where this worker's report in flight was handed, while it waits
+    /// for the reporter's acknowledgement.
+    handed: Option<Handed>,
     /// Scratch for messages and batch bodies, kept to reuse its capacity.
     scratch: Vec<u8>,
 }
@@ -93,6 +96,17 @@ enum Role {
     Worker { reporter_queue: u32 },
     /// Could not read or take the lease yet; reports wait for the next tick.
     Unknown,
+}
+
+impl Role {
+    /// Where a report handed over now would go; `None`: directly.
+    fn hand_to(self) -> Option<Handed> {
+        match self {
+            Role::Reporter => Some(Handed::Own),
+            Role::Worker { reporter_queue } => Some(Handed::Queue(reporter_queue)),
+            Role::Unknown => None,
+        }
+    }
 }
 
 impl CanaryRoot {
@@ -340,6 +354,7 @@ impl CanaryRoot {
                     held_call: None,
                     quick_call: None,
                     direct_in_flight: false,
+                    handed: None,
                     scratch: Vec::new(),
                 });
                 configured.worker.borrow_mut().set_batched(true);
@@ -435,12 +450,14 @@ impl CanaryRoot {
             let in_flight = configured.worker.borrow().sync_in_flight();
             if let Some(batched) = self.batched.as_mut() {
                 batched.direct_in_flight = in_flight;
+                batched.handed = None;
             }
             return;
         }
         let now_ms = self.now_ms();
         let Some(batched) = self.batched.as_mut() else { return };
         batched.direct_in_flight = false;
+        batched.handed = batched.role.hand_to();
         let failure = {
             let mut worker = configured.worker.borrow_mut();
             worker.begin_sync(now_ms);
@@ -463,11 +480,35 @@ impl CanaryRoot {
             }
         };
         if let Some(failure) = failure {
+            if let Some(batched) = self.batched.as_mut() {
+                batched.handed = None;
+            }
             let outcome = configured.worker.borrow_mut().finish_sync(now_ms, Err(failure.clone()));
             self.after_sync(&configured, outcome, Some(failure));
             return;
         }
         self.send_batch_if_due(false);
+    }
+
+    /// A report handed to a reporter that no longer holds the lease is
+    /// handed over again at once (see `crate::reporter::must_hand_over_again`):
+    /// the old reporter's VM or root context is being torn down, and waiting
+    /// for the sync timeout would stall this worker's reports, and a new
+    /// VM's first weights, for seconds. The report keeps its seq.
+    fn hand_over_again_if_reporter_moved(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        let Some(batched) = self.batched.as_mut() else { return };
+        let Some(handed) = batched.handed else { return };
+        if batched.direct_in_flight || !configured.worker.borrow().sync_in_flight() {
+            return;
+        }
+        if !must_hand_over_again(handed, batched.role.hand_to()) {
+            return;
+        }
+        batched.handed = None;
+        configured.worker.borrow_mut().abandon_sync();
+        // A tick-rate event only when the lease moves.
+        log(LogLevel::Info, "batch_reports: the reporter changed; handing the report in flight to the new one");
     }
 
     /// A report the reporter never acknowledged within the sync timeout
@@ -676,6 +717,7 @@ impl RootContext for CanaryRoot {
         }
         if self.batched.is_some() {
             self.refresh_lease(true);
+            self.hand_over_again_if_reporter_moved();
             self.expire_batched_sync();
         }
         let due = self.configured.as_ref().is_some_and(|c| c.worker.borrow().sync_due(self.now_ms()));

@@ -2,8 +2,8 @@
 //! as the shim drives them.
 
 use canary_filter::reporter::{
-    BatchKind, Delivery, GATHER_GRACE_MS, Lease, LeaseAction, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ, lease_action,
-    lease_duration_ms,
+    BatchKind, Delivery, GATHER_GRACE_MS, Handed, Lease, LeaseAction, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
+    lease_action, lease_duration_ms, must_hand_over_again,
 };
 use canary_filter::worker::Worker;
 use canary_protocol::batch::MAX_BATCH_REPORTS;
@@ -312,4 +312,31 @@ fn a_reporter_that_loses_the_lease_forgets_its_workers_but_not_its_failures() {
     reporter.forget_workers();
     assert_eq!(reporter.batches_failed_total(), 1, "Envoy's counter only grows");
     assert!(!reporter.is_open(HELD) && reporter.send_due(5_000, true).is_none(), "nothing held any more");
+}
+
+#[test]
+fn a_report_is_handed_over_again_as_soon_as_the_lease_moves() {
+    // The reporter it went to still holds the lease: keep waiting for it.
+    assert!(!must_hand_over_again(Handed::Queue(7), Some(Handed::Queue(7))));
+    assert!(!must_hand_over_again(Handed::Own, Some(Handed::Own)));
+    // Its VM or root context was torn down and another VM took the lease
+    // (a configuration update): its table is gone, re-send to the new one.
+    assert!(must_hand_over_again(Handed::Queue(7), Some(Handed::Queue(9))));
+    // This VM took the lease: the report goes into its own table.
+    assert!(must_hand_over_again(Handed::Queue(7), Some(Handed::Own)));
+    // This VM lost the lease: forgetting its workers dropped its own report.
+    assert!(must_hand_over_again(Handed::Own, Some(Handed::Queue(9))));
+    // No reporter (released, not yet taken): the report goes directly.
+    assert!(must_hand_over_again(Handed::Queue(7), None));
+
+    // Handing it over again is a re-send of the same seq and bytes: the
+    // worker state machine gives back the report it cut, not a new one.
+    let (mut worker, first) = worker_report(42, 5);
+    let seq = worker.unacked_seq();
+    worker.abandon_sync();
+    assert!(worker.sync_due(0), "due again at once");
+    worker.record(canary_protocol::Version::Canary, canary_protocol::StatusClass::Success, 900);
+    assert_eq!(worker.begin_sync(0), first.as_slice());
+    assert_eq!(worker.unacked_seq(), seq);
+    assert_eq!(worker.unacknowledged_requests(), (5, 1), "the new request waits for the next report");
 }

@@ -206,6 +206,17 @@ resources:
     )
 }
 
+/// Replaces the ECDS resource file in `dir` with `contents` the way a
+/// config agent must for Envoy's path watcher to see it: written to a
+/// temporary file in the same directory, then renamed over the old one
+/// (Envoy watches for the file being moved into place, not for writes).
+pub fn replace_ecds(dir: &Path, contents: &str) -> anyhow::Result<()> {
+    let staged = dir.join(format!("{ECDS_FILE}.next"));
+    std::fs::write(&staged, contents).with_context(|| format!("writing {}", staged.display()))?;
+    let target = dir.join(ECDS_FILE);
+    std::fs::rename(&staged, &target).with_context(|| format!("renaming {} to {}", staged.display(), target.display()))
+}
+
 /// The ECDS resource the istio-agent sends Envoy instead of the wasm filter
 /// when it cannot fetch the module and the WasmPlugin says FAIL_OPEN
 /// (pkg/wasm/convert.go: an RBAC filter with no rules, which allows every

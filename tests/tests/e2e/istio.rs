@@ -19,18 +19,18 @@ use super::{assert_all_answered, assert_confirmed};
 
 /// A stack whose Envoy runs the Istio-shaped bootstrap with the
 /// WasmPlugin's `pluginConfig`.
-fn istio_stack() -> StackBuilder {
+pub(super) fn istio_stack() -> StackBuilder {
     super::stack().bootstrap_renderer(istio::render_istio_bootstrap).filter_config(istio::plugin_config(FILTER_TOKEN))
 }
 
 /// Envoy's admin `/stats` text (counters keep `|` in cluster names).
-async fn envoy_stats(stack: &Stack) -> anyhow::Result<String> {
+pub(super) async fn envoy_stats(stack: &Stack) -> anyhow::Result<String> {
     Ok(http::get(stack.admin(), "/stats").await?.text())
 }
 
 /// The wasm filter's config as Envoy loaded it through ECDS, from the
 /// admin `/config_dump` (`EcdsConfigDump.ecds_filters[].ecds_filter`).
-async fn loaded_ecds_filter(stack: &Stack) -> anyhow::Result<Value> {
+pub(super) async fn loaded_ecds_filter(stack: &Stack) -> anyhow::Result<Value> {
     let dump = http::get_json(stack.admin(), "/config_dump").await?;
     let configs = dump["configs"].as_array().cloned().unwrap_or_default();
     let filters = configs

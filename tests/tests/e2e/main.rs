@@ -14,6 +14,7 @@ mod conservation;
 mod control;
 mod dashboard;
 mod faults;
+mod handover;
 mod istio;
 mod observability;
 // `override` is a reserved word; the module keeps the file's name readable.

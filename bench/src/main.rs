@@ -260,6 +260,9 @@ async fn run_overhead(args: &OverheadArgs) -> anyhow::Result<()> {
         println!("concurrency {} (pinned: {}):", run.concurrency, run.pinned);
         println!("{}", overhead::table(run));
         println!("{}", overhead::ratio_table(run));
+        if !run.side_by_side.is_empty() {
+            println!("{}", overhead::side_by_side_table(run));
+        }
     }
     for verdict in &result.verdicts {
         println!("{}", verdict.line());

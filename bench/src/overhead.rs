@@ -28,6 +28,12 @@
 //!    the intended send time (coordinated-omission-safe, see
 //!    [`crate::loadgen`]) and CPU per request below saturation.
 //!
+//! Then `--side-by-side-rounds` rounds start every variant's Envoy at once
+//! (on the same CPU when pinned), each under its own open loop at the fixed
+//! rate over the number of variants, read over one window: a ratio within
+//! such a round cancels the machine's drift between sequential rounds,
+//! which on a shared VM is larger than the 5% the (d)/(c) target resolves.
+//!
 //! **CPU per request** = Δ Envoy CPU / Δ `http.ingress.downstream_rq_total`,
 //! both read just around the measured window. Envoy CPU is the sum of field 1
 //! of `/proc/PID/task/*/schedstat` (ns on CPU, all threads); `utime + stime`
@@ -278,6 +284,11 @@ pub struct OverheadArgs {
     /// [default: 0.5].
     #[arg(long)]
     pub rate_fraction: Option<f64>,
+    /// Side-by-side rounds per concurrency: every variant's Envoy at once,
+    /// each at the fixed rate divided by the number of variants; 0 skips
+    /// them [default: 10; smoke: 1].
+    #[arg(long)]
+    pub side_by_side_rounds: Option<usize>,
     /// Do not pin at concurrency 1 (smoke never pins).
     #[arg(long)]
     pub no_pin: bool,
@@ -304,6 +315,7 @@ impl OverheadArgs {
         let millis = |secs: Option<f64>, default: u64| secs.map_or(default, |secs| (secs.max(0.0) * 1_000.0) as u64);
         OverheadOptions {
             rounds: self.rounds.unwrap_or(defaults.rounds),
+            side_by_side_rounds: self.side_by_side_rounds.unwrap_or(defaults.side_by_side_rounds),
             concurrencies: self.concurrency.clone().unwrap_or(defaults.concurrencies),
             variants: self.variants.clone().unwrap_or(defaults.variants),
             warm_up_ms: millis(self.warm_up_secs, defaults.warm_up_ms),
@@ -327,6 +339,8 @@ impl OverheadArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct OverheadOptions {
     pub rounds: usize,
+    /// See [`OverheadArgs::side_by_side_rounds`].
+    pub side_by_side_rounds: usize,
     pub concurrencies: Vec<usize>,
     pub variants: Vec<Variant>,
     pub warm_up_ms: u64,
@@ -347,6 +361,7 @@ impl OverheadOptions {
     fn full() -> Self {
         Self {
             rounds: 5,
+            side_by_side_rounds: 10,
             concurrencies: vec![1, 2],
             variants: Variant::ALL.to_vec(),
             warm_up_ms: 2_000,
@@ -364,6 +379,7 @@ impl OverheadOptions {
     fn smoke() -> Self {
         Self {
             rounds: 1,
+            side_by_side_rounds: 1,
             concurrencies: vec![1],
             variants: vec![Variant::A, Variant::DRandom, Variant::DSticky],
             warm_up_ms: 500,
@@ -387,7 +403,8 @@ impl OverheadOptions {
         } else {
             0
         };
-        let per_concurrency_ms = envoys * (1_500 + 2 * phase_ms) + calibration_ms;
+        let side_by_side_ms = self.side_by_side_rounds as u64 * (1_500 * self.variants.len() as u64 + phase_ms);
+        let per_concurrency_ms = envoys * (1_500 + 2 * phase_ms) + calibration_ms + side_by_side_ms;
         Duration::from_millis(per_concurrency_ms * self.concurrencies.len() as u64)
     }
 }
@@ -456,6 +473,63 @@ pub struct ConcurrencyRun {
     pub summaries: Vec<VariantSummary>,
     pub ratios: Vec<RatioSummary>,
     pub samples: Vec<VariantRound>,
+    /// Each variant's rate in the side-by-side rounds: the fixed rate
+    /// divided by the number of variants, so Envoy's CPU carries the same
+    /// load as in a fixed-rate phase.
+    pub side_by_side_rate_per_second: f64,
+    pub side_by_side: Vec<SideBySideRound>,
+    pub side_by_side_ratios: Vec<SideBySideRatio>,
+}
+
+/// One side-by-side round: a fresh Envoy per variant, all running at once
+/// (on the same CPU when pinned), each under its own open loop at the same
+/// rate, measured over the same window. Whatever the machine does to one
+/// (steal time, frequency, a neighbour's cache traffic) it does to all, so
+/// a ratio within a round cancels it; between sequential rounds it does not.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySideRound {
+    /// 1-based.
+    pub round: usize,
+    /// In the order of the variants; the start order rotates by round.
+    pub samples: Vec<SideBySideSample>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySideSample {
+    pub variant: Variant,
+    pub fixed_rate: PhaseSample,
+}
+
+/// `numerator / denominator` of CPU per request within each side-by-side
+/// round.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySideRatio {
+    pub numerator: Variant,
+    pub denominator: Variant,
+    pub spread: Option<Spread>,
+    pub by_round: Vec<f64>,
+}
+
+impl SideBySideRatio {
+    fn of(numerator: Variant, denominator: Variant, rounds: &[SideBySideRound]) -> Self {
+        let cpu = |round: &SideBySideRound, variant: Variant| {
+            round
+                .samples
+                .iter()
+                .find(|sample| sample.variant == variant)
+                .map(|sample| sample.fixed_rate.cpu_per_request_us)
+        };
+        let by_round: Vec<f64> = rounds
+            .iter()
+            .filter_map(|round| Some(cpu(round, numerator)? / cpu(round, denominator)?))
+            .filter(|ratio| ratio.is_finite())
+            .collect();
+        Self { numerator, denominator, spread: Spread::of(&by_round), by_round }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.numerator.short(), self.denominator.short())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -608,7 +682,8 @@ pub async fn run(
     let verdicts = verdicts(&runs);
     Ok(OverheadResult {
         benchmark: "overhead",
-        schema_version: 1,
+        // 2: side-by-side rounds.
+        schema_version: 2,
         context,
         settings: Settings {
             options: options.clone(),
@@ -821,6 +896,31 @@ async fn run_concurrency(
             samples.push(VariantRound { variant, round, saturation, fixed_rate, envoy_sync_failures });
         }
     }
+    let side_by_side_rate_per_second = fixed_rate_per_second / options.variants.len().max(1) as f64;
+    let mut side_by_side = Vec::new();
+    for round in 1..=options.side_by_side_rounds {
+        // Rotating the start order keeps any advantage of starting (or
+        // being read) first from always going to the same variant.
+        let mut order = options.variants.clone();
+        let shift = (round - 1) % order.len().max(1);
+        order.rotate_left(shift);
+        report::progress(
+            "overhead",
+            &format!(
+                "conc {concurrency} side by side {round}/{}: {} Envoys at {side_by_side_rate_per_second:.0} req/s each",
+                options.side_by_side_rounds,
+                order.len()
+            ),
+        );
+        let mut envoys = Vec::new();
+        for &variant in &order {
+            let name = format!("side-by-side-{round}");
+            envoys.push((variant, rig.start_envoy(variant, &options.wasm, concurrency, pinned, &name).await?));
+        }
+        let mut round_samples = phases.side_by_side(&envoys, side_by_side_rate_per_second).await?;
+        round_samples.sort_by_key(|sample| options.variants.iter().position(|&variant| variant == sample.variant));
+        side_by_side.push(SideBySideRound { round, samples: round_samples });
+    }
     report::progress_done();
     let load_average_after = machine::load_average();
     drop(rig);
@@ -836,6 +936,14 @@ async fn run_concurrency(
             options.variants.contains(numerator) && options.variants.contains(denominator)
         })
         .map(|(numerator, denominator)| RatioSummary::of(numerator, denominator, &samples))
+        .collect();
+    let side_by_side_ratios = RATIOS
+        .into_iter()
+        .filter(|(numerator, denominator)| {
+            options.variants.contains(numerator) && options.variants.contains(denominator)
+        })
+        .map(|(numerator, denominator)| SideBySideRatio::of(numerator, denominator, &side_by_side))
+        .filter(|ratio| !ratio.by_round.is_empty())
         .collect();
     Ok(ConcurrencyRun {
         concurrency,
@@ -853,6 +961,9 @@ async fn run_concurrency(
         summaries,
         ratios,
         samples,
+        side_by_side_rate_per_second,
+        side_by_side,
+        side_by_side_ratios,
     })
 }
 
@@ -924,11 +1035,7 @@ pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     for run in runs {
         for ratio in &run.ratios {
-            let limit = match (ratio.numerator, ratio.denominator) {
-                (Variant::DRandom | Variant::DSticky, Variant::C) => TARGET_D_OVER_C,
-                (Variant::DRandom | Variant::DSticky, Variant::A) => TARGET_D_OVER_A,
-                _ => continue,
-            };
+            let Some(limit) = target_of(ratio.numerator, ratio.denominator) else { continue };
             for (phase, spread) in [("saturated", ratio.saturated), ("fixed rate", ratio.fixed_rate)] {
                 let Some(spread) = spread else { continue };
                 let quantity = format!("{} CPU per request, {phase}, concurrency {}", ratio.label(), run.concurrency);
@@ -938,8 +1045,31 @@ pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
                 );
             }
         }
+        for ratio in &run.side_by_side_ratios {
+            let Some(limit) = target_of(ratio.numerator, ratio.denominator) else { continue };
+            let Some(spread) = ratio.spread else { continue };
+            let quantity = format!(
+                "{} CPU per request, side by side at a fixed rate, concurrency {} ({} rounds)",
+                ratio.label(),
+                run.concurrency,
+                ratio.by_round.len()
+            );
+            verdicts.push(
+                Verdict::new("overhead", &quantity, spread.median, Bound::AtMost, limit, "×")
+                    .with_range(spread.min, spread.max),
+            );
+        }
     }
     verdicts
+}
+
+/// The issue's limit on `numerator / denominator`, if it sets one.
+fn target_of(numerator: Variant, denominator: Variant) -> Option<f64> {
+    match (numerator, denominator) {
+        (Variant::DRandom | Variant::DSticky, Variant::C) => Some(TARGET_D_OVER_C),
+        (Variant::DRandom | Variant::DSticky, Variant::A) => Some(TARGET_D_OVER_A),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1100,6 +1230,52 @@ impl Phases {
         let sample = window.sample(envoy, generator, false);
         check_phase(&sample, variant, "fixed rate")?;
         Ok((sample, latency))
+    }
+
+    /// Every Envoy of a side-by-side round under its own open loop at
+    /// `rate_per_second`, all measured over one window.
+    async fn side_by_side(
+        &self,
+        envoys: &[(Variant, VariantEnvoy)],
+        rate_per_second: f64,
+    ) -> anyhow::Result<Vec<SideBySideSample>> {
+        let started = Instant::now();
+        let generators: Vec<_> = envoys
+            .iter()
+            .map(|(variant, envoy)| {
+                let mut load = OpenLoop::new(
+                    Target::new(envoy.envoy.listener()),
+                    rate_per_second,
+                    self.warm_up + self.measure + GENERATOR_TAIL,
+                );
+                load.warm_up = self.warm_up;
+                load.initial_connections = OPEN_LOOP_CONNECTIONS;
+                load.headers = Some(user_ids());
+                let name = format!("loadgen-{}", variant.id());
+                tokio::spawn(async move { loadgen::run_on_own_thread(&name, move || loadgen::open_loop(load)).await })
+            })
+            .collect();
+        tokio::time::sleep_until((started + self.warm_up).into()).await;
+        let mut starts = Vec::new();
+        for (_, envoy) in envoys {
+            starts.push(Reading::take(envoy, ReadOrder::CounterFirst).await);
+        }
+        tokio::time::sleep_until((started + self.warm_up + self.measure).into()).await;
+        let mut ends = Vec::new();
+        for (_, envoy) in envoys {
+            ends.push(Reading::take(envoy, ReadOrder::CpuFirst).await);
+        }
+        let mut samples = Vec::new();
+        for (((variant, envoy), generator), (start, end)) in
+            envoys.iter().zip(generators).zip(starts.into_iter().zip(ends))
+        {
+            let report: OpenLoopReport = generator.await.context("load generator task")???;
+            let window = Window { start: start?, end: end?, concurrency: self.concurrency, pinned: self.pinned };
+            let sample = window.sample(envoy, GeneratorSample::open(&report), false);
+            check_phase(&sample, *variant, "side by side")?;
+            samples.push(SideBySideSample { variant: *variant, fixed_rate: sample });
+        }
+        Ok(samples)
     }
 
     /// Runs `generator` and reads Envoy's counters and CPU around the
@@ -1518,6 +1694,63 @@ pub fn markdown(result: &OverheadResult) -> String {
         out.push('\n');
         out.push_str(&ratio_table(run));
         out.push('\n');
+        if !run.side_by_side.is_empty() {
+            let _ = writeln!(
+                out,
+                "### Side by side\n\n{} rounds, each with a fresh Envoy per variant, all running at once{}, each \
+                 under its own open loop at {:.0} req/s (the fixed rate over {} variants), measured over one window. \
+                 A ratio is taken within a round, so the machine's drift between rounds cancels.\n",
+                run.side_by_side.len(),
+                if run.pinned { format!(" on CPU {ENVOY_CPU}") } else { String::new() },
+                run.side_by_side_rate_per_second,
+                run.side_by_side.first().map_or(0, |round| round.samples.len()),
+            );
+            out.push_str(&side_by_side_table(run));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The side-by-side rounds of one concurrency: CPU per request per variant,
+/// then the ratios round by round.
+pub fn side_by_side_table(run: &ConcurrencyRun) -> String {
+    let mut out =
+        String::from("| variant | CPU/req µs: median [min–max] | p99 µs: median of rounds |\n|---|---:|---:|\n");
+    let variants: Vec<Variant> = run
+        .side_by_side
+        .first()
+        .map(|round| round.samples.iter().map(|sample| sample.variant).collect())
+        .unwrap_or_default();
+    for variant in variants {
+        let samples: Vec<&PhaseSample> = run
+            .side_by_side
+            .iter()
+            .filter_map(|round| round.samples.iter().find(|sample| sample.variant == variant))
+            .map(|sample| &sample.fixed_rate)
+            .collect();
+        let cpu = Spread::of(&samples.iter().map(|sample| sample.cpu_per_request_us).collect::<Vec<_>>());
+        let p99 = Spread::of(
+            &samples.iter().filter_map(|sample| Some(sample.generator.latency?.p99_us as f64)).collect::<Vec<_>>(),
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            variant.label(),
+            spread_cell(cpu.as_ref(), 1),
+            p99.map_or_else(|| "–".to_owned(), |spread| format!("{:.0}", spread.median)),
+        );
+    }
+    out.push_str("\n| CPU per request | median [min–max] | by round |\n|---|---:|---|\n");
+    for ratio in &run.side_by_side_ratios {
+        let by_round: Vec<String> = ratio.by_round.iter().map(|ratio| format!("{ratio:.3}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            ratio.label(),
+            spread_cell(ratio.spread.as_ref(), 3),
+            by_round.join(", ")
+        );
     }
     out
 }
@@ -1735,6 +1968,9 @@ mod tests {
                 RatioSummary::of(Variant::C, Variant::A, &samples),
             ],
             samples,
+            side_by_side_rate_per_second: 0.0,
+            side_by_side: Vec::new(),
+            side_by_side_ratios: Vec::new(),
         };
         let verdicts = verdicts(&[run]);
         assert_eq!(verdicts.len(), 4, "saturated and fixed rate for two targets; (c)/(a) has no target");
@@ -1746,6 +1982,63 @@ mod tests {
         // (d)/(a) by round: 1.21, 0.515, 1.04: median 1.04.
         assert!(verdicts[2].met);
         assert_eq!(verdicts[2].limit, TARGET_D_OVER_A);
+    }
+
+    fn side_by_side_round(round: usize, cpu: &[(Variant, f64)]) -> SideBySideRound {
+        SideBySideRound {
+            round,
+            samples: cpu
+                .iter()
+                .map(|&(variant, cpu_per_request_us)| SideBySideSample {
+                    variant,
+                    fixed_rate: phase(cpu_per_request_us),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn side_by_side_ratios_pair_within_a_round_and_get_verdicts_and_a_table() {
+        let rounds = vec![
+            side_by_side_round(1, &[(Variant::A, 100.0), (Variant::C, 110.0), (Variant::DRandom, 112.2)]),
+            // A slow round: every Envoy slowed alike, the ratio holds.
+            side_by_side_round(2, &[(Variant::A, 200.0), (Variant::C, 220.0), (Variant::DRandom, 228.8)]),
+            // (d) missing from a round: that round gives no (d) ratio.
+            side_by_side_round(3, &[(Variant::A, 100.0), (Variant::C, 120.0)]),
+        ];
+        let ratio = SideBySideRatio::of(Variant::DRandom, Variant::C, &rounds);
+        assert_eq!(ratio.by_round.len(), 2);
+        assert!((ratio.by_round[0] - 1.02).abs() < 1e-9 && (ratio.by_round[1] - 1.04).abs() < 1e-9, "{ratio:?}");
+        let floor = SideBySideRatio::of(Variant::C, Variant::A, &rounds);
+        assert_eq!(floor.by_round.len(), 3);
+
+        let run = ConcurrencyRun {
+            concurrency: 2,
+            pinned: false,
+            pinning: String::new(),
+            load_average_before: None,
+            load_average_after: None,
+            calibration: Vec::new(),
+            fixed_rate_per_second: 3_000.0,
+            fixed_rate_source: String::new(),
+            summaries: Vec::new(),
+            ratios: Vec::new(),
+            samples: Vec::new(),
+            side_by_side_rate_per_second: 1_000.0,
+            side_by_side_ratios: vec![ratio, SideBySideRatio::of(Variant::DRandom, Variant::A, &rounds), floor],
+            side_by_side: rounds,
+        };
+        let verdicts = verdicts(std::slice::from_ref(&run));
+        assert_eq!(verdicts.len(), 2, "(d)/(c) and (d)/(a); (c)/(a) has no target");
+        assert_eq!(
+            verdicts[0].line(),
+            "overhead: (d) random/(c) CPU per request, side by side at a fixed rate, concurrency 2 (2 rounds) 1.02× \
+             [min 1.02, max 1.04] ≤ 1.05× MET"
+        );
+        assert_eq!(verdicts[1].limit, TARGET_D_OVER_A);
+        let table = side_by_side_table(&run);
+        assert!(table.contains("| (d) random/(c) | 1.020 [1.020–1.040] | 1.020, 1.040 |"), "{table}");
+        assert!(table.contains("| (a) native | 100.0 [100.0–200.0] | – |"), "{table}");
     }
 
     #[test]

@@ -20,13 +20,19 @@
 //!   table; a re-send after that long would be counted again, but a filter
 //!   retries within a second, so such a worker is gone.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::ops::Bound;
 
+use canary_protocol::report::MAX_PROXY_ID_LEN;
 use canary_protocol::{CanaryWeight, LatencyHistogram, Report, StatusCounts, Version, VersionDelta, Weights};
 use serde::Serialize;
 
 /// Silence after which a worker is dropped from the table.
 pub const FORGET_WORKER_AFTER_MS: u64 = 10 * 60 * 1_000;
+/// Most lagging workers `GET /v1/rollout` names; `lagging_total` counts
+/// them all, and `GET /v1/workers` pages through the whole table.
+pub const LAGGING_LISTED_MAX: usize = 100;
 
 /// The knobs of the aggregate, from the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,22 +80,22 @@ pub struct WorkerKey {
 /// (pod names) share long prefixes, and with the proxy id first every step
 /// down the worker table's B-tree ran `memcmp` over them (2–4% of the
 /// analyzer's CPU with thousands of workers, in `perf` profiles). What
-/// people read is sorted by proxy instead (see [`Aggregate::rollout_view`]).
+/// people read is sorted by proxy instead (see [`Aggregate::workers_page`]).
 impl Ord for WorkerKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+    fn cmp(&self, other: &Self) -> Ordering {
         self.worker_id.cmp(&other.worker_id).then_with(|| self.proxy_id.cmp(&other.proxy_id))
     }
 }
 
 impl PartialOrd for WorkerKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
 impl WorkerKey {
     /// The order people read: by proxy, then worker.
-    pub fn cmp_by_proxy(&self, other: &Self) -> std::cmp::Ordering {
+    pub fn cmp_by_proxy(&self, other: &Self) -> Ordering {
         self.proxy_id.cmp(&other.proxy_id).then(self.worker_id.cmp(&other.worker_id))
     }
 }
@@ -99,6 +105,87 @@ impl WorkerKey {
     pub fn of(report: &Report) -> WorkerKey {
         WorkerKey { proxy_id: report.header.proxy_id.clone(), worker_id: report.header.worker_id }
     }
+
+    /// The `GET /v1/workers` cursor naming this worker:
+    /// `<proxy_id>/<worker_id>`, the worker id as JSON shows it.
+    pub fn cursor(&self) -> String {
+        format!("{}/{}", self.proxy_id, format_worker_id(self.worker_id))
+    }
+
+    /// Reads a [`WorkerKey::cursor`]; the error says what is wrong with it.
+    /// The worker id is split off at the last `/`, since a proxy id (an
+    /// Envoy node id) may itself contain one.
+    pub fn from_cursor(cursor: &str) -> Result<WorkerKey, &'static str> {
+        let (proxy_id, worker_id) = cursor.rsplit_once('/').ok_or("it has no '/' before the worker id")?;
+        if proxy_id.is_empty() || proxy_id.len() > MAX_PROXY_ID_LEN {
+            return Err("its proxy id must be 1..=255 bytes");
+        }
+        let hex_digits =
+            worker_id.len() == 16 && worker_id.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+        let worker_id = u64::from_str_radix(worker_id, 16)
+            .ok()
+            .filter(|_| hex_digits)
+            .ok_or("its worker id must be 16 lowercase hex digits")?;
+        Ok(WorkerKey { proxy_id: proxy_id.to_owned(), worker_id })
+    }
+}
+
+/// A worker table key ordered by proxy, then worker: the order of
+/// [`Aggregate::workers_page`] and of the worker table's second index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ByProxy(WorkerKey);
+
+impl Ord for ByProxy {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.cmp_by_proxy(&other.0)
+    }
+}
+
+impl PartialOrd for ByProxy {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A lagging worker as `GET /v1/rollout` lists them: the oldest applied
+/// weights version first, then by proxy and worker.
+#[derive(Debug, Clone, Copy)]
+struct Lagging<'a> {
+    key: &'a WorkerKey,
+    worker: &'a WorkerState,
+}
+
+impl Ord for Lagging<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.worker
+            .applied_weights_version
+            .cmp(&other.worker.applied_weights_version)
+            .then_with(|| self.key.cmp_by_proxy(other.key))
+    }
+}
+
+impl PartialOrd for Lagging<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Lagging<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Lagging<'_> {}
+
+/// What `GET /v1/workers` asks for: a page of at most `limit` workers after
+/// the `after` cursor, only `proxy`'s when given. The API checks the
+/// bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub after: Option<WorkerKey>,
+    pub proxy: Option<String>,
 }
 
 /// What the analyzer remembers about one worker.
@@ -108,6 +195,63 @@ pub struct WorkerState {
     pub last_seq: u64,
     pub applied_weights_version: u64,
     pub last_seen_unix_ms: u64,
+}
+
+/// A worker table entry: what is remembered, and the number of the
+/// worker's proxy (see [`ProxyNumbers`]).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    state: WorkerState,
+    proxy_number: u32,
+}
+
+/// Small numbers for the proxies in the worker table, so that counting the
+/// live proxies sets a bit per live worker rather than hashing or comparing
+/// proxy ids: reading 40,000 proxy ids costs a cache miss each (a hash set
+/// of them took 10–20 ms on the 2-core VM, under the lock every report's
+/// ingest takes). A proxy gets a number with its first worker and gives it
+/// back when its last one is forgotten, so numbers stay below the most
+/// proxies ever remembered at once.
+#[derive(Debug, Clone, Default)]
+struct ProxyNumbers {
+    by_proxy_id: HashMap<String, ProxyNumber>,
+    free: Vec<u32>,
+    /// One more than the highest number ever given.
+    end: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProxyNumber {
+    number: u32,
+    workers: usize,
+}
+
+impl ProxyNumbers {
+    /// The number of a worker's proxy, counting the worker in.
+    fn add_worker(&mut self, proxy_id: &str) -> u32 {
+        if let Some(proxy) = self.by_proxy_id.get_mut(proxy_id) {
+            proxy.workers += 1;
+            return proxy.number;
+        }
+        let number = self.free.pop().unwrap_or_else(|| {
+            let number = self.end;
+            self.end = self.end.saturating_add(1);
+            number
+        });
+        self.by_proxy_id.insert(proxy_id.to_owned(), ProxyNumber { number, workers: 1 });
+        number
+    }
+
+    /// Counts a forgotten worker out; its proxy's number is free once the
+    /// proxy has no worker left.
+    fn remove_worker(&mut self, proxy_id: &str) {
+        let Some(proxy) = self.by_proxy_id.get_mut(proxy_id) else { return };
+        proxy.workers = proxy.workers.saturating_sub(1);
+        if proxy.workers == 0 {
+            self.free.push(proxy.number);
+            self.by_proxy_id.remove(proxy_id);
+        }
+    }
 }
 
 /// What one ingest did.
@@ -159,8 +303,14 @@ pub struct Aggregate {
     totals: [VersionCounts; 2],
     since_weights_change: [VersionCounts; 2],
     window: Window,
-    /// Ordered so that views list workers in a stable order.
-    workers: BTreeMap<WorkerKey, WorkerState>,
+    /// Ordered by worker id first, for ingest (see [`WorkerKey`]'s `Ord`).
+    workers: BTreeMap<WorkerKey, Entry>,
+    proxy_numbers: ProxyNumbers,
+    /// The same keys by proxy, so that a page of `GET /v1/workers` is a walk
+    /// over a range rather than a sort of the whole table. It changes only
+    /// when a worker is added or forgotten, never per report, which keeps
+    /// proxy-id comparisons off the ingest path.
+    by_proxy: BTreeSet<ByProxy>,
     last_prune_unix_ms: u64,
 }
 
@@ -182,13 +332,27 @@ impl Aggregate {
     /// An aggregate rebuilt from the state file. The window is not persisted:
     /// it starts empty, and its rate counts only the time since `now_unix_ms`.
     pub fn restore(settings: AggregateSettings, now_unix_ms: u64, parts: DurableParts) -> Aggregate {
+        let mut proxy_numbers = ProxyNumbers::default();
+        let mut workers = BTreeMap::new();
+        for (key, state) in parts.workers {
+            // The state file holds each key once; a repeated one replaces
+            // the entry, as collecting into the map did, and counts once.
+            let proxy_number = match workers.get(&key) {
+                Some(Entry { proxy_number, .. }) => *proxy_number,
+                None => proxy_numbers.add_worker(&key.proxy_id),
+            };
+            workers.insert(key, Entry { state, proxy_number });
+        }
+        let by_proxy = workers.keys().cloned().map(ByProxy).collect();
         Aggregate {
             settings,
             weights: parts.weights,
             totals: parts.totals,
             since_weights_change: parts.since_weights_change,
             window: Window::new(settings.window_seconds, now_unix_ms),
-            workers: parts.workers.into_iter().collect(),
+            workers,
+            proxy_numbers,
+            by_proxy,
             last_prune_unix_ms: 0,
         }
     }
@@ -250,7 +414,7 @@ impl Aggregate {
     pub fn ingest_from(&mut self, key: &WorkerKey, report: &Report, now_unix_ms: u64) -> IngestOutcome {
         self.prune(now_unix_ms);
         let header = &report.header;
-        let (duplicate, applied_version_changed) = match self.workers.get_mut(key) {
+        let (duplicate, applied_version_changed) = match self.workers.get_mut(key).map(|entry| &mut entry.state) {
             Some(worker) => {
                 let duplicate = header.seq <= worker.last_seq;
                 let changed = worker.applied_weights_version != header.weights_version;
@@ -267,7 +431,9 @@ impl Aggregate {
                     applied_weights_version: header.weights_version,
                     last_seen_unix_ms: now_unix_ms,
                 };
-                self.workers.insert(key.clone(), worker);
+                let proxy_number = self.proxy_numbers.add_worker(&key.proxy_id);
+                self.workers.insert(key.clone(), Entry { state: worker, proxy_number });
+                self.by_proxy.insert(ByProxy(key.clone()));
                 (false, true)
             }
         };
@@ -316,9 +482,12 @@ impl Aggregate {
     /// Workers seen within [`FORGET_WORKER_AFTER_MS`], in key order (by
     /// worker id; see [`WorkerKey`]'s `Ord`).
     pub fn workers(&self, now_unix_ms: u64) -> impl Iterator<Item = (&WorkerKey, &WorkerState)> {
-        self.workers
-            .iter()
-            .filter(move |(_, worker)| now_unix_ms.saturating_sub(worker.last_seen_unix_ms) <= FORGET_WORKER_AFTER_MS)
+        self.entries(now_unix_ms).map(|(key, entry)| (key, &entry.state))
+    }
+
+    /// [`Aggregate::workers`] with their proxy numbers.
+    fn entries(&self, now_unix_ms: u64) -> impl Iterator<Item = (&WorkerKey, &Entry)> {
+        self.workers.iter().filter(move |(_, entry)| !is_forgotten(&entry.state, now_unix_ms))
     }
 
     pub fn is_live(&self, worker: &WorkerState, now_unix_ms: u64) -> bool {
@@ -354,13 +523,13 @@ impl Aggregate {
 
     /// One worker's entry, pruned or not.
     pub fn worker(&self, key: &WorkerKey) -> Option<&WorkerState> {
-        self.workers.get(key)
+        self.workers.get(key).map(|entry| &entry.state)
     }
 
     /// The whole worker table, including workers not yet pruned: what the
     /// state file holds for deduplication after a restart.
     pub fn worker_table(&self) -> impl Iterator<Item = (&WorkerKey, &WorkerState)> {
-        self.workers.iter()
+        self.workers.iter().map(|(key, entry)| (key, &entry.state))
     }
 
     /// The `GET /v1/rollout` document. `published` is what the filters are
@@ -380,38 +549,139 @@ impl Aggregate {
                 total: self.totals[index].summary(),
             }
         };
-        let published_version = published.weights.weights_version;
-        let mut by_proxy: Vec<(&WorkerKey, &WorkerState)> = self.workers(now_unix_ms).collect();
-        by_proxy.sort_unstable_by(|(a, _), (b, _)| a.cmp_by_proxy(b));
-        let workers: Vec<WorkerView> = by_proxy
-            .into_iter()
-            .map(|(key, worker)| {
-                let live = self.is_live(worker, now_unix_ms);
-                WorkerView {
-                    proxy_id: key.proxy_id.clone(),
-                    worker_id: format_worker_id(key.worker_id),
-                    applied_weights_version: worker.applied_weights_version,
-                    last_seq: worker.last_seq,
-                    last_report_age_ms: now_unix_ms.saturating_sub(worker.last_seen_unix_ms),
-                    live,
-                    converged: worker.applied_weights_version == published_version,
-                }
-            })
-            .collect();
-        let live_workers = workers.iter().filter(|worker| worker.live).count();
-        let converged_workers = workers.iter().filter(|worker| worker.live && worker.converged).count();
         RolloutView {
             canary_weight_percent: published.weights.canary_weight.percent(),
             canary_weight_bp: published.weights.canary_weight.bp(),
-            weights_version: published_version,
+            weights_version: published.weights.weights_version,
             weights_changed_at_unix_ms: published.changed_at_unix_ms,
             versions: VersionsView { stable: version_view(Version::Stable), canary: version_view(Version::Canary) },
-            data_plane: DataPlaneView {
-                live_workers,
-                converged_workers,
-                converged: live_workers == converged_workers,
-                workers,
-            },
+            data_plane: self.data_plane_view(published.weights.weights_version, now_unix_ms),
+        }
+    }
+
+    /// The data plane in a size that does not grow with the fleet: counts,
+    /// and the first [`LAGGING_LISTED_MAX`] live workers not on
+    /// `published_version` in [`Lagging`] order.
+    fn data_plane_view(&self, published_version: u64, now_unix_ms: u64) -> DataPlaneView {
+        // This runs under the state lock that every report's ingest takes.
+        // A sorted copy of the table (what this view once listed) held it
+        // for tens of ms with 40,000 workers. So: one pass that reads no
+        // proxy id but the lagging ones, and a max-heap of the best
+        // LAGGING_LISTED_MAX lagging workers so far, whose top is the one to
+        // drop when a better one comes: O(n log 100), where sorting the
+        // lagging workers would be O(n log n) and a copy of them. The only
+        // allocation that grows with the fleet is a bit per proxy number
+        // (see [`ProxyNumbers`]).
+        let mut workers_total = 0;
+        let mut live_workers = 0;
+        let mut converged_workers = 0;
+        let mut lagging_total = 0;
+        let mut live_proxies = 0;
+        let mut live_proxy_bits = vec![0u64; (self.proxy_numbers.end as usize).div_ceil(64)];
+        let mut lagging: BinaryHeap<Lagging<'_>> = BinaryHeap::with_capacity(LAGGING_LISTED_MAX);
+        for (key, entry) in self.entries(now_unix_ms) {
+            let worker = &entry.state;
+            workers_total += 1;
+            if !self.is_live(worker, now_unix_ms) {
+                continue;
+            }
+            live_workers += 1;
+            let bit = 1u64 << (entry.proxy_number % 64);
+            if let Some(bits) = live_proxy_bits.get_mut((entry.proxy_number / 64) as usize)
+                && *bits & bit == 0
+            {
+                *bits |= bit;
+                live_proxies += 1;
+            }
+            if worker.applied_weights_version == published_version {
+                converged_workers += 1;
+                continue;
+            }
+            lagging_total += 1;
+            let candidate = Lagging { key, worker };
+            if lagging.len() < LAGGING_LISTED_MAX {
+                lagging.push(candidate);
+            } else if let Some(mut last) = lagging.peek_mut()
+                && candidate < *last
+            {
+                *last = candidate;
+            }
+        }
+        let lagging = lagging
+            .into_sorted_vec()
+            .into_iter()
+            .map(|entry| self.worker_view(entry.key, entry.worker, published_version, now_unix_ms))
+            .collect();
+        DataPlaneView {
+            live_workers,
+            converged_workers,
+            converged: live_workers == converged_workers,
+            live_proxies,
+            workers_total,
+            lagging,
+            lagging_total,
+        }
+    }
+
+    /// The `GET /v1/workers` page `request` asks for (see [`PageRequest`]),
+    /// in the order people read: by proxy, then worker. Cost follows the
+    /// page, not the table, apart from counting `total`.
+    pub fn workers_page(&self, request: &PageRequest, published_version: u64, now_unix_ms: u64) -> WorkersPage {
+        let first_of = |proxy: &str| ByProxy(WorkerKey { proxy_id: proxy.to_owned(), worker_id: 0 });
+        let start = match (&request.after, &request.proxy) {
+            // A cursor before the proxy's workers starts at its first.
+            (Some(after), Some(proxy)) if after.proxy_id < *proxy => Bound::Included(first_of(proxy)),
+            (Some(after), _) => Bound::Excluded(ByProxy(after.clone())),
+            (None, Some(proxy)) => Bound::Included(first_of(proxy)),
+            (None, None) => Bound::Unbounded,
+        };
+        let in_scope = |key: &WorkerKey| request.proxy.as_deref().is_none_or(|proxy| key.proxy_id == proxy);
+        let mut listed = self
+            .by_proxy
+            .range((start, Bound::Unbounded))
+            .map(|entry| &entry.0)
+            .take_while(|key| in_scope(key))
+            .filter_map(|key| Some((key, self.remembered(key, now_unix_ms)?)));
+        let mut workers = Vec::with_capacity(request.limit.min(self.workers.len()));
+        let mut last_key = None;
+        for (key, worker) in listed.by_ref().take(request.limit) {
+            workers.push(self.worker_view(key, worker, published_version, now_unix_ms));
+            last_key = Some(key);
+        }
+        let next = if listed.next().is_some() { last_key.map(WorkerKey::cursor) } else { None };
+        let total = match &request.proxy {
+            Some(proxy) => self
+                .by_proxy
+                .range((Bound::Included(first_of(proxy)), Bound::Unbounded))
+                .take_while(|entry| entry.0.proxy_id == *proxy)
+                .filter(|entry| self.remembered(&entry.0, now_unix_ms).is_some())
+                .count(),
+            None => self.workers(now_unix_ms).count(),
+        };
+        WorkersPage { workers, next, total }
+    }
+
+    /// A worker's entry unless it is past [`FORGET_WORKER_AFTER_MS`] and only
+    /// waits to be pruned (as [`Aggregate::workers`] filters).
+    fn remembered(&self, key: &WorkerKey, now_unix_ms: u64) -> Option<&WorkerState> {
+        self.worker(key).filter(|worker| !is_forgotten(worker, now_unix_ms))
+    }
+
+    fn worker_view(
+        &self,
+        key: &WorkerKey,
+        worker: &WorkerState,
+        published_version: u64,
+        now_unix_ms: u64,
+    ) -> WorkerView {
+        WorkerView {
+            proxy_id: key.proxy_id.clone(),
+            worker_id: format_worker_id(key.worker_id),
+            applied_weights_version: worker.applied_weights_version,
+            last_seq: worker.last_seq,
+            last_report_age_ms: now_unix_ms.saturating_sub(worker.last_seen_unix_ms),
+            live: self.is_live(worker, now_unix_ms),
+            converged: worker.applied_weights_version == published_version,
         }
     }
 
@@ -422,7 +692,16 @@ impl Aggregate {
             return;
         }
         self.last_prune_unix_ms = now_unix_ms;
-        self.workers.retain(|_, worker| now_unix_ms.saturating_sub(worker.last_seen_unix_ms) <= FORGET_WORKER_AFTER_MS);
+        let (by_proxy, proxy_numbers) = (&mut self.by_proxy, &mut self.proxy_numbers);
+        self.workers.retain(|key, entry| {
+            let forgotten = is_forgotten(&entry.state, now_unix_ms);
+            if forgotten {
+                // A clone per forgotten worker: they are few, and rare.
+                by_proxy.remove(&ByProxy(key.clone()));
+                proxy_numbers.remove_worker(&key.proxy_id);
+            }
+            !forgotten
+        });
     }
 }
 
@@ -468,6 +747,12 @@ impl VersionCounts {
             status: StatusView::from(&self.status),
         }
     }
+}
+
+/// Silent for longer than [`FORGET_WORKER_AFTER_MS`]: out of every view,
+/// and out of the table at the next prune.
+fn is_forgotten(worker: &WorkerState, now_unix_ms: u64) -> bool {
+    now_unix_ms.saturating_sub(worker.last_seen_unix_ms) > FORGET_WORKER_AFTER_MS
 }
 
 /// A worker id as JSON shows it: 16 lowercase hex digits, because a u64
@@ -546,14 +831,37 @@ impl From<&StatusCounts> for StatusView {
     }
 }
 
+/// The data plane in `GET /v1/rollout`: a summary whose size does not grow
+/// with the fleet; `GET /v1/workers` lists every worker.
 #[derive(Debug, Clone, Serialize)]
 pub struct DataPlaneView {
     pub live_workers: usize,
+    /// Live workers on exactly the published weights version.
     pub converged_workers: usize,
     /// Every live worker has applied the current weights version (true when
     /// there are none).
     pub converged: bool,
+    /// Distinct proxy ids among the live workers.
+    pub live_proxies: usize,
+    /// Workers in the table, live or not (a worker is forgotten after
+    /// [`FORGET_WORKER_AFTER_MS`] of silence).
+    pub workers_total: usize,
+    /// Live workers not on the published weights version, the oldest
+    /// applied version first, then by proxy and worker; at most
+    /// [`LAGGING_LISTED_MAX`].
+    pub lagging: Vec<WorkerView>,
+    /// All of them: more than `lagging` lists when the list was cut.
+    pub lagging_total: usize,
+}
+
+/// `GET /v1/workers`: one page of the worker table.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkersPage {
     pub workers: Vec<WorkerView>,
+    /// The cursor for the next page (`?after=`), `null` on the last one.
+    pub next: Option<String>,
+    /// Workers in the table, or the proxy's with `?proxy=`.
+    pub total: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -68,9 +68,9 @@ fn views_list_workers_by_proxy_whatever_the_table_order() {
     }
     let table: Vec<u64> = aggregate.worker_table().map(|(key, _)| key.worker_id).collect();
     assert_eq!(table, [1, 2, 9]);
-    let view = aggregate.rollout_view(&aggregate.weights(), T0_MS);
+    let page = aggregate.workers_page(&everything(), 1, T0_MS);
     let listed: Vec<(&str, &str)> =
-        view.data_plane.workers.iter().map(|worker| (worker.proxy_id.as_str(), worker.worker_id.as_str())).collect();
+        page.workers.iter().map(|worker| (worker.proxy_id.as_str(), worker.worker_id.as_str())).collect();
     assert_eq!(
         listed,
         [("envoy-a", "0000000000000002"), ("envoy-a", "0000000000000009"), ("envoy-b", "0000000000000001")]
@@ -298,14 +298,204 @@ fn convergence_and_liveness_table() {
     let mut published = aggregate.weights();
     published.weights.weights_version = 3;
     let view = aggregate.rollout_view(&published, now_ms);
-    let summary: Vec<_> = view.data_plane.workers.iter().map(|w| (w.live, w.converged, w.last_report_age_ms)).collect();
+    let page = aggregate.workers_page(&everything(), 3, now_ms);
+    let summary: Vec<_> = page.workers.iter().map(|w| (w.live, w.converged, w.last_report_age_ms)).collect();
     assert_eq!(
         summary,
         [(true, true, 0), (true, true, 4_999), (true, false, 5_000), (false, false, 5_001), (true, false, 100)]
     );
-    assert_eq!(view.data_plane.live_workers, 4);
-    assert_eq!(view.data_plane.converged_workers, 2, "converged means applied exactly the current version");
-    assert!(!view.data_plane.converged);
+    let plane = &view.data_plane;
+    assert_eq!((plane.workers_total, plane.live_workers, plane.live_proxies), (5, 4, 1));
+    assert_eq!(plane.converged_workers, 2, "converged means applied exactly the current version");
+    assert!(!plane.converged);
+    // Behind first, then ahead; the stale worker 4 holds nothing back.
+    let lagging: Vec<(&str, u64, bool)> =
+        plane.lagging.iter().map(|w| (w.worker_id.as_str(), w.applied_weights_version, w.live)).collect();
+    assert_eq!(lagging, [("0000000000000003", 2, true), ("0000000000000005", 4, true)]);
+    assert_eq!(plane.lagging_total, 2);
+}
+
+/// A request for the whole table in one page.
+fn everything() -> PageRequest {
+    PageRequest { limit: usize::MAX, after: None, proxy: None }
+}
+
+#[test]
+fn lagging_workers_are_the_oldest_first_and_cut_at_the_limit() {
+    // 30 proxies × 5 workers; worker w of proxy p has applied version
+    // 1 + (p + w) % 4, and version 4 is published. So 3 in 4 lag.
+    let now_ms = T0_MS + 60_000;
+    let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
+    for proxy in 0..30u64 {
+        for worker in 0..5u64 {
+            // Worker ids against the proxy order, so that the table's
+            // order (by worker id) is not the answer.
+            let worker_id = 1_000 - proxy * 10 - worker;
+            let applied = 1 + (proxy + worker) % 4;
+            aggregate.ingest(&report(&format!("envoy-{proxy:02}"), worker_id, 1, applied, &[]), now_ms);
+        }
+    }
+    // Two stale workers of an old version, and one of a proxy that is
+    // otherwise not live: neither listed nor counted as live.
+    aggregate.ingest(&report("envoy-00", 5_000, 1, 1, &[]), now_ms - 6_000);
+    aggregate.ingest(&report("envoy-stale", 5_001, 1, 1, &[]), now_ms - 6_000);
+    let mut published = aggregate.weights();
+    published.weights.weights_version = 4;
+    let plane = aggregate.rollout_view(&published, now_ms).data_plane;
+
+    let every: Vec<(u64, String, u64)> = {
+        let mut every = Vec::new();
+        for proxy in 0..30u64 {
+            for worker in 0..5u64 {
+                let applied = 1 + (proxy + worker) % 4;
+                if applied != 4 {
+                    every.push((applied, format!("envoy-{proxy:02}"), 1_000 - proxy * 10 - worker));
+                }
+            }
+        }
+        every.sort();
+        every
+    };
+    assert_eq!(plane.lagging_total, every.len());
+    assert!(plane.lagging_total > LAGGING_LISTED_MAX, "the test must cut the list");
+    let listed: Vec<(u64, String, u64)> = plane
+        .lagging
+        .iter()
+        .map(|w| {
+            let worker_id = u64::from_str_radix(&w.worker_id, 16).expect("hex");
+            (w.applied_weights_version, w.proxy_id.clone(), worker_id)
+        })
+        .collect();
+    assert_eq!(listed, every[..LAGGING_LISTED_MAX], "oldest version first, then by proxy and worker");
+    assert!(plane.lagging.iter().all(|w| w.live && !w.converged));
+    assert_eq!(plane.live_workers, 150);
+    assert_eq!(plane.live_proxies, 30, "the stale proxy is not live");
+    assert_eq!(plane.workers_total, 152);
+    assert_eq!(plane.converged_workers, 150 - every.len());
+    assert!(!plane.converged);
+
+    // On the published version, nobody lags.
+    let mut all_on_1 = Aggregate::new(SETTINGS, T0_MS);
+    all_on_1.ingest(&report("envoy", 1, 1, 1, &[]), T0_MS);
+    let plane = all_on_1.rollout_view(&all_on_1.weights(), T0_MS).data_plane;
+    assert!(plane.converged && plane.lagging.is_empty() && plane.lagging_total == 0, "{plane:?}");
+}
+
+/// Every worker id of a page, as (proxy, worker id).
+fn listed(page: &WorkersPage) -> Vec<(String, u64)> {
+    page.workers.iter().map(|w| (w.proxy_id.clone(), u64::from_str_radix(&w.worker_id, 16).expect("hex"))).collect()
+}
+
+#[test]
+fn pages_list_every_worker_once_in_proxy_order() {
+    let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
+    let mut expected = Vec::new();
+    for proxy in ["envoy-c", "envoy-a", "envoy/with/slashes", "envoy-b"] {
+        for worker_id in [u64::MAX, 7, 0, 1 << 40] {
+            aggregate.ingest(&report(proxy, worker_id, 1, 1, &[]), T0_MS);
+            expected.push((proxy.to_owned(), worker_id));
+        }
+    }
+    expected.sort();
+    for limit in [1, 3, 4, 5, 16, 17, 1_000] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = aggregate.workers_page(&PageRequest { limit, after, proxy: None }, 1, T0_MS);
+            assert_eq!(page.total, 16, "limit {limit}");
+            assert!(page.workers.len() <= limit);
+            seen.extend(listed(&page));
+            pages += 1;
+            let Some(next) = page.next else { break };
+            after = Some(WorkerKey::from_cursor(&next).expect("a page's next is a cursor"));
+        }
+        assert_eq!(seen, expected, "limit {limit}");
+        assert_eq!(pages, expected.len().div_ceil(limit), "limit {limit}: no empty last page");
+    }
+
+    // One proxy, paged; a cursor of another proxy is a position.
+    let only_b = |limit, after: Option<&str>| {
+        let after = after.map(|cursor| WorkerKey::from_cursor(cursor).expect("cursor"));
+        aggregate.workers_page(&PageRequest { limit, after, proxy: Some("envoy-b".into()) }, 1, T0_MS)
+    };
+    let first = only_b(3, None);
+    assert_eq!(listed(&first), [("envoy-b".into(), 0), ("envoy-b".into(), 7), ("envoy-b".into(), 1 << 40)]);
+    assert_eq!(first.total, 4);
+    assert_eq!(first.next.as_deref(), Some("envoy-b/0000010000000000"));
+    let second = only_b(3, first.next.as_deref());
+    assert_eq!(listed(&second), [("envoy-b".to_owned(), u64::MAX)]);
+    assert_eq!(second.next, None);
+    assert_eq!(listed(&only_b(10, Some("envoy-a/ffffffffffffffff"))).len(), 4, "a cursor before the proxy");
+    assert_eq!(only_b(10, Some("envoy-c/0000000000000000")).workers.len(), 0, "a cursor after the proxy");
+    let unknown =
+        aggregate.workers_page(&PageRequest { limit: 10, after: None, proxy: Some("envoy-z".into()) }, 1, T0_MS);
+    assert!(unknown.workers.is_empty() && unknown.next.is_none() && unknown.total == 0, "{unknown:?}");
+
+    // Past the end: an empty last page, whether or not the cursor's worker
+    // exists.
+    for cursor in ["envoy/with/slashes/ffffffffffffffff", "zzz/0000000000000000"] {
+        let after = Some(WorkerKey::from_cursor(cursor).expect("cursor"));
+        let page = aggregate.workers_page(&PageRequest { limit: 5, after, proxy: None }, 1, T0_MS);
+        assert!(page.workers.is_empty() && page.next.is_none(), "{cursor}: {page:?}");
+        assert_eq!(page.total, 16);
+    }
+}
+
+#[test]
+fn pages_skip_forgotten_workers_and_follow_the_table_through_pruning_and_restore() {
+    let mut aggregate = Aggregate::new(SETTINGS, T0_MS);
+    aggregate.ingest(&report("envoy-a", 1, 1, 1, &[]), T0_MS);
+    aggregate.ingest(&report("envoy-b", 2, 1, 1, &[]), T0_MS + FORGET_WORKER_AFTER_MS);
+    // Worker 1 is past the limit but not pruned yet (no ingest since).
+    let now_ms = T0_MS + FORGET_WORKER_AFTER_MS + 1;
+    let page = aggregate.workers_page(&everything(), 1, now_ms);
+    assert_eq!((listed(&page), page.total), (vec![("envoy-b".to_owned(), 2)], 1));
+    let only_a = PageRequest { limit: 10, after: None, proxy: Some("envoy-a".into()) };
+    assert_eq!(aggregate.workers_page(&only_a, 1, now_ms).total, 0);
+    assert_eq!(aggregate.rollout_view(&aggregate.weights(), now_ms).data_plane.workers_total, 1);
+
+    // Pruned, then a worker of the same key comes back: listed once.
+    aggregate.ingest(&report("envoy-b", 2, 2, 1, &[]), now_ms + 1_000);
+    aggregate.ingest(&report("envoy-a", 1, 1, 1, &[]), now_ms + 1_000);
+    let page = aggregate.workers_page(&everything(), 1, now_ms + 1_000);
+    assert_eq!(listed(&page), [("envoy-a".to_owned(), 1), ("envoy-b".to_owned(), 2)]);
+
+    // Restored from the state file's parts: the proxy order is rebuilt.
+    let parts = DurableParts {
+        weights: aggregate.weights(),
+        totals: Default::default(),
+        since_weights_change: Default::default(),
+        workers: aggregate.worker_table().map(|(key, worker)| (key.clone(), *worker)).collect(),
+    };
+    let restored = Aggregate::restore(SETTINGS, now_ms + 1_000, parts);
+    assert_eq!(listed(&restored.workers_page(&everything(), 1, now_ms + 1_000)), listed(&page));
+}
+
+#[test]
+fn cursor_table() {
+    let key = |proxy: &str, worker_id| WorkerKey { proxy_id: proxy.into(), worker_id };
+    for (text, expected) in [
+        ("envoy/00000000deadbeef", Ok(key("envoy", 0xdead_beef))),
+        ("a/b/ffffffffffffffff", Ok(key("a/b", u64::MAX))),
+        ("envoy", Err("no '/'")),
+        ("/0000000000000001", Err("proxy id")),
+        ("envoy/1", Err("16 lowercase hex")),
+        ("envoy/00000000DEADBEEF", Err("16 lowercase hex")),
+        ("envoy/+000000000000001", Err("16 lowercase hex")),
+        ("envoy/00000000deadbeef0", Err("16 lowercase hex")),
+    ] {
+        let parsed = WorkerKey::from_cursor(text);
+        match expected {
+            Ok(expected) => {
+                assert_eq!(parsed.as_ref(), Ok(&expected), "{text}");
+                assert_eq!(expected.cursor(), text, "round trip");
+            }
+            Err(words) => assert!(parsed.is_err_and(|why| why.contains(words)), "{text}"),
+        }
+    }
+    let long = format!("{}/0000000000000001", "p".repeat(256));
+    assert!(WorkerKey::from_cursor(&long).is_err_and(|why| why.contains("1..=255")));
 }
 
 #[test]
@@ -358,9 +548,33 @@ fn rollout_view_has_the_documented_json_shape() {
     assert_eq!(json["versions"]["stable"]["since_weights_change"]["requests"], 3);
     assert_eq!(json["versions"]["canary"]["total"]["error_ratio"], serde_json::Value::Null);
     assert_eq!(json["versions"]["canary"]["total"]["p99_ms"], serde_json::Value::Null);
-    let worker = &json["data_plane"]["workers"][0];
-    assert_eq!(worker["worker_id"], "00000000deadbeef");
-    assert_eq!(worker["last_seq"], 17);
-    assert_eq!(worker["last_report_age_ms"], 120);
-    assert_eq!(json["data_plane"]["converged"], true);
+    assert_eq!(
+        json["data_plane"],
+        serde_json::json!({
+            "live_workers": 1, "converged_workers": 1, "converged": true, "live_proxies": 1,
+            "workers_total": 1, "lagging": [], "lagging_total": 0,
+        })
+    );
+    let mut published = aggregate.weights();
+    published.weights.weights_version = 2;
+    let json = serde_json::to_value(aggregate.rollout_view(&published, T0_MS + 120)).expect("serializes");
+    assert_eq!(
+        json["data_plane"]["lagging"],
+        serde_json::json!([{
+            "proxy_id": "envoy-local", "worker_id": "00000000deadbeef", "applied_weights_version": 1,
+            "last_seq": 17, "last_report_age_ms": 120, "live": true, "converged": false,
+        }])
+    );
+    let page = serde_json::to_value(aggregate.workers_page(&everything(), 1, T0_MS + 120)).expect("serializes");
+    assert_eq!(
+        page,
+        serde_json::json!({
+            "workers": [{
+                "proxy_id": "envoy-local", "worker_id": "00000000deadbeef", "applied_weights_version": 1,
+                "last_seq": 17, "last_report_age_ms": 120, "live": true, "converged": true,
+            }],
+            "next": null,
+            "total": 1,
+        })
+    );
 }

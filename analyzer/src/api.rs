@@ -40,6 +40,8 @@ use crate::store::NotDurable;
 
 #[path = "api_rollouts.rs"]
 mod rollouts;
+#[path = "api_workers.rs"]
+mod workers;
 
 /// Largest report body accepted. A report with every latency bucket of both
 /// versions filled is under 100 KiB, so this leaves room without letting a
@@ -130,6 +132,7 @@ pub fn app(state: AppState) -> Router {
     // Open, or behind the SRE or read token (`read_access`).
     let read = Router::new()
         .route("/v1/rollout", get(get_rollout))
+        .route("/v1/workers", get(workers::list))
         .route("/v1/rollouts/history", get(rollouts::history))
         .route("/v1/assignment", get(rollouts::assignment))
         .route("/metrics", get(get_metrics))

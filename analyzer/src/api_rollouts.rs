@@ -235,7 +235,7 @@ pub(super) fn check_reason(reason: Option<String>) -> Result<Option<String>, Api
 
 /// Decodes `application/x-www-form-urlencoded` (`+` is a space, `%XX` a
 /// byte); a malformed escape stays as it is.
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(super) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;

@@ -69,6 +69,13 @@ impl Harness {
         value
     }
 
+    /// `GET /v1/workers` with `query` (`""` or `?...`), which must answer 200.
+    async fn workers(&self, query: &str) -> Value {
+        let (status, value) = self.json("GET", &format!("/v1/workers{query}"), "").await;
+        assert_eq!(status, StatusCode::OK, "{query}: {value}");
+        value
+    }
+
     /// Syncs as a filter would and decodes the acknowledgement.
     async fn sync(&self, bytes: Vec<u8>) -> SyncResponse {
         let (status, body) = self.send(sync_request(bytes, Some(&format!("Bearer {TOKEN}")))).await;
@@ -154,13 +161,106 @@ async fn sync_ingests_counts_and_acks_with_the_weights_to_apply() {
     assert_eq!(*total_requests(&rollout, "stable"), 3);
     assert_eq!(rollout["versions"]["canary"]["total"]["errors"], 1);
     assert_eq!(rollout["versions"]["canary"]["window"]["status"]["5xx"], 1);
-    let worker = &rollout["data_plane"]["workers"][0];
+    let page = harness.workers("").await;
+    assert_eq!((page["total"].as_u64(), &page["next"]), (Some(1), &Value::Null));
+    let worker = &page["workers"][0];
     assert_eq!(worker["worker_id"], "00000000deadbeef");
     assert_eq!(worker["proxy_id"], PROXY_ID);
     assert_eq!(worker["last_seq"], 2);
     assert_eq!(worker["applied_weights_version"], 1);
     assert_eq!(worker["live"], true);
     assert_eq!(rollout["data_plane"]["converged"], true);
+    assert_eq!(rollout["data_plane"]["live_proxies"], 1);
+    assert_eq!(rollout["data_plane"]["lagging"], json!([]));
+}
+
+/// `report` from another proxy.
+fn report_from(proxy_id: &str, worker_id: u64, weights_version: u64) -> Vec<u8> {
+    let mut decoded = Report::decode(&report(worker_id, 1, weights_version, 0, 1, false)).expect("valid");
+    decoded.header.proxy_id = proxy_id.to_owned();
+    let mut bytes = Vec::new();
+    decoded.encode(&mut bytes);
+    bytes
+}
+
+/// A query value as a client writes it: everything but unreserved
+/// characters percent-encoded.
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(byte).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// (proxy id, worker id) of every worker a page lists.
+fn listed(page: &Value) -> Vec<(String, String)> {
+    page["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| (w["proxy_id"].as_str().expect("proxy").to_owned(), w["worker_id"].as_str().expect("id").to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn workers_are_paged_in_proxy_order_and_the_rollout_summarises_them() {
+    let harness = Harness::new();
+    // Proxy ids a URL must escape, and worker ids against the proxy order.
+    let proxies = ["envoy-b", "envoy a&b=c/d", "envoy-c"];
+    let mut expected = Vec::new();
+    for (index, proxy) in proxies.iter().enumerate() {
+        for worker in 0..4u64 {
+            let worker_id = 100 - index as u64 * 10 - worker;
+            harness.sync(report_from(proxy, worker_id, 1)).await;
+            expected.push((proxy.to_string(), format!("{worker_id:016x}")));
+        }
+    }
+    expected.sort();
+
+    let mut seen = Vec::new();
+    let mut query = "?limit=5".to_owned();
+    loop {
+        let page = harness.workers(&query).await;
+        assert_eq!(page["total"], 12, "{page}");
+        assert!(listed(&page).len() <= 5);
+        seen.extend(listed(&page));
+        let Some(next) = page["next"].as_str() else { break };
+        query = format!("?limit=5&after={}", query_value(next));
+    }
+    assert_eq!(seen, expected, "every worker once, by proxy then worker");
+    assert_eq!(listed(&harness.workers("").await), expected, "the default limit takes them all");
+
+    let only = harness.workers(&format!("?proxy={}&limit=3", query_value("envoy a&b=c/d"))).await;
+    assert_eq!(listed(&only), expected[..3]);
+    assert_eq!(only["total"], 4);
+    assert_eq!(only["next"], format!("envoy a&b=c/d/{}", expected[2].1));
+    let past_the_end = harness.workers(&format!("?after={}", query_value("envoy-c/ffffffffffffffff"))).await;
+    assert_eq!((listed(&past_the_end), &past_the_end["next"]), (vec![], &Value::Null));
+    assert_eq!(past_the_end["total"], 12);
+
+    // A weight change: every worker lags until it reports the new version.
+    harness.json("PUT", "/v1/rollout/weight", r#"{"canary_percent": 5}"#).await;
+    harness.sync(report_from("envoy-c", 80, 2)).await;
+    let plane = harness.rollout().await["data_plane"].clone();
+    assert_eq!(
+        (&plane["live_workers"], &plane["live_proxies"], &plane["workers_total"]),
+        (&json!(12), &json!(3), &json!(12))
+    );
+    assert_eq!(
+        (&plane["converged_workers"], &plane["converged"], &plane["lagging_total"]),
+        (&json!(1), &json!(false), &json!(11))
+    );
+    let lagging: Vec<(String, String)> = plane["lagging"]
+        .as_array()
+        .expect("lagging")
+        .iter()
+        .map(|w| (w["proxy_id"].as_str().expect("proxy").to_owned(), w["worker_id"].as_str().expect("id").to_owned()))
+        .collect();
+    let behind: Vec<(String, String)> =
+        expected.iter().filter(|(proxy, id)| !(proxy == "envoy-c" && id == "0000000000000050")).cloned().collect();
+    assert_eq!(lagging, behind, "all on version 1: by proxy then worker");
 }
 
 #[tokio::test]
@@ -224,7 +324,8 @@ async fn a_wrong_or_missing_token_is_401_and_changes_nothing() {
     }
     let rollout = harness.rollout().await;
     assert_eq!(*total_requests(&rollout, "stable"), 0);
-    assert_eq!(rollout["data_plane"]["workers"], json!([]));
+    assert_eq!(rollout["data_plane"]["workers_total"], 0);
+    assert_eq!(harness.workers("").await["workers"], json!([]));
     assert!(harness.metrics().await.contains("canary_reports_rejected_total{reason=\"unauthorized\"} 5"));
 }
 
@@ -271,7 +372,8 @@ async fn a_corrupt_report_is_400_naming_the_problem_and_changes_nothing() {
     }
     let rollout = harness.rollout().await;
     assert_eq!(*total_requests(&rollout, "stable"), 0);
-    assert_eq!(rollout["data_plane"]["workers"], json!([]), "a rejected report does not register a worker");
+    assert_eq!(rollout["data_plane"]["workers_total"], 0, "a rejected report does not register a worker");
+    assert_eq!(harness.workers("").await["workers"], json!([]));
     assert!(harness.metrics().await.contains("canary_reports_rejected_total{reason=\"malformed\"} 5"));
 }
 

@@ -31,7 +31,8 @@ pub enum Family {
     Filter,
     /// Everything that changes state: weights, rollback, rollouts.
     Sre,
-    /// `GET /v1/rollout`, history, assignment, `/metrics`.
+    /// `GET /v1/rollout`, `/v1/workers`, history, assignment, series,
+    /// `/metrics`.
     Read,
 }
 

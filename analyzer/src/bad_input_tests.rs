@@ -93,7 +93,10 @@ impl Harness {
     async fn snapshot(&self) -> Value {
         let view = self.ok("GET", "/v1/rollout", &[("authorization", SRE)], "").await;
         let history = self.ok("GET", "/v1/rollouts/history", &[("authorization", SRE)], "").await;
-        let workers: Vec<Value> = view["data_plane"]["workers"]
+        let page = self.ok("GET", "/v1/workers", &[("authorization", SRE)], "").await;
+        assert_eq!(page["next"], Value::Null, "one page holds the test's workers");
+        let plane = &view["data_plane"];
+        let workers: Vec<Value> = page["workers"]
             .as_array()
             .expect("workers")
             .iter()
@@ -108,6 +111,7 @@ impl Harness {
             "stable_total": view["versions"]["stable"]["total"],
             "canary_total": view["versions"]["canary"]["total"],
             "workers": workers,
+            "data_plane": [plane["live_workers"], plane["live_proxies"], plane["workers_total"], plane["lagging_total"]],
             "rollout": [rollout["id"], rollout["phase"], rollout["pause_cause"], rollout["step_index"],
                         rollout["weight_bp"], rollout["decisions_total"]],
             "history": history,
@@ -225,7 +229,8 @@ fn sre_endpoints() -> Vec<(&'static str, &'static str, &'static str, &'static st
     ]
 }
 
-const READ_ENDPOINTS: [&str; 4] = ["/v1/rollout", "/v1/rollouts/history", "/v1/assignment?key=user-42", "/metrics"];
+const READ_ENDPOINTS: [&str; 5] =
+    ["/v1/rollout", "/v1/workers?limit=5", "/v1/rollouts/history", "/v1/assignment?key=user-42", "/metrics"];
 
 fn auth_cases() -> Vec<Case> {
     use StatusCode as S;
@@ -283,6 +288,7 @@ fn method_and_route_cases() -> Vec<Case> {
         ("PUT", "/v1/rollouts"),
         ("POST", "/v1/rollouts/history"),
         ("POST", "/v1/assignment"),
+        ("POST", "/v1/workers"),
         ("GET", "/v1/filter/sync"),
         ("PUT", "/v1/filter/sync"),
         ("GET", "/v1/filter/sync-batch"),
@@ -516,6 +522,34 @@ fn body_cases() -> Vec<Case> {
         ("assignment with an empty key", "GET", "/v1/assignment?key=", "", "key", "empty"),
         ("assignment with two keys", "GET", "/v1/assignment?key=a&key=b", "", "key", "twice"),
         ("assignment with another parameter", "GET", "/v1/assignment?key=a&user=b", "", "user", "expected key"),
+        ("page limit zero", "GET", "/v1/workers?limit=0", "", "limit", "1..=10000"),
+        ("page limit too large", "GET", "/v1/workers?limit=10001", "", "limit", "1..=10000"),
+        ("page limit not a number", "GET", "/v1/workers?limit=ten", "", "limit", "integer"),
+        ("negative page limit", "GET", "/v1/workers?limit=-1", "", "limit", "integer"),
+        ("empty page limit", "GET", "/v1/workers?limit=", "", "limit", "integer"),
+        ("page limit given twice", "GET", "/v1/workers?limit=1&limit=2", "", "limit", "twice"),
+        ("cursor without a worker id", "GET", "/v1/workers?after=envoy-bad-input", "", "after", "no '/'"),
+        (
+            "cursor with a short worker id",
+            "GET",
+            "/v1/workers?after=envoy-bad-input/7",
+            "",
+            "after",
+            "16 lowercase hex",
+        ),
+        ("cursor without a proxy id", "GET", "/v1/workers?after=/0000000000000007", "", "after", "proxy id"),
+        ("cursor not UTF-8", "GET", "/v1/workers?after=%FF/0000000000000007", "", "after", "UTF-8"),
+        (
+            "cursor given twice",
+            "GET",
+            "/v1/workers?after=a/0000000000000007&after=b/0000000000000007",
+            "",
+            "after",
+            "twice",
+        ),
+        ("empty proxy filter", "GET", "/v1/workers?proxy=", "", "proxy", "1..=255"),
+        ("proxy filter not UTF-8", "GET", "/v1/workers?proxy=%C3", "", "proxy", "UTF-8"),
+        ("unknown page parameter", "GET", "/v1/workers?offset=5", "", "offset", "expected limit, after or proxy"),
     ] {
         let content_type = if uri.starts_with("/v1/rollouts?") { "application/yaml" } else { "application/json" };
         cases.push(case(what, method, uri, Some(SRE), body).header("content-type", content_type).expect(
@@ -529,6 +563,10 @@ fn body_cases() -> Vec<Case> {
         case("assignment key too long", "GET", "", Some(SRE), "").expect(S::BAD_REQUEST, json!("key"), "at most");
     long_key_case.uri = long_key;
     cases.push(long_key_case);
+    let mut long_proxy_case =
+        case("proxy filter too long", "GET", "", Some(SRE), "").expect(S::BAD_REQUEST, json!("proxy"), "1..=255");
+    long_proxy_case.uri = format!("/v1/workers?proxy={}", "p".repeat(256));
+    cases.push(long_proxy_case);
     cases
 }
 

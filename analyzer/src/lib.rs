@@ -16,7 +16,8 @@
 //! - [`config`]: flags, TOML file and environment, validated into a `Config`.
 //! - [`aggregate`]: pure (time is an argument). Totals, sliding window,
 //!   since-change aggregate, worker table with deduplication, liveness and
-//!   convergence, and the `GET /v1/rollout` view.
+//!   convergence, the `GET /v1/rollout` view (a data-plane summary of
+//!   bounded size) and the pages of `GET /v1/workers`.
 //! - [`store`]: the state file (atomic JSON writes) and the group-commit
 //!   generation counters.
 //! - [`weights_file`]: the weights, persisted apart in two checksummed

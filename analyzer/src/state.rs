@@ -32,8 +32,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::aggregate::{
-    Aggregate, AggregateSettings, Convergence, DurableParts, IngestOutcome, RolloutView, VersionCounts, WeightsRecord,
-    WorkerKey, format_worker_id,
+    Aggregate, AggregateSettings, Convergence, DurableParts, IngestOutcome, PageRequest, RolloutView, VersionCounts,
+    WeightsRecord, WorkerKey, WorkersPage, format_worker_id,
 };
 use crate::config::Config;
 use crate::controller::{self, Controller, Loaded};
@@ -443,6 +443,12 @@ impl AppState {
     pub fn rollout_view(&self) -> RolloutView {
         let published = self.weights();
         self.inner.lock_core().aggregate.rollout_view(&published, unix_now_ms())
+    }
+
+    /// A `GET /v1/workers` page, measured against the published weights.
+    pub fn workers_page(&self, request: &PageRequest) -> WorkersPage {
+        let published_version = self.weights().weights.weights_version;
+        self.inner.lock_core().aggregate.workers_page(request, published_version, unix_now_ms())
     }
 
     /// The dashboard's series of samples.

@@ -79,7 +79,10 @@ pub fn full_view_json(rollout: Value) -> Value {
             "stable": {"window": window(90.0, 5_400, 3, Some(40.0)), "since_weights_change": summary, "total": summary},
             "canary": {"window": window(10.0, 600, 0, None), "since_weights_change": summary, "total": summary}
         },
-        "data_plane": {"live_workers": 2, "converged_workers": 2, "converged": true, "workers": []},
+        "data_plane": {
+            "live_workers": 2, "converged_workers": 2, "converged": true, "live_proxies": 1, "workers_total": 2,
+            "lagging": [], "lagging_total": 0
+        },
         "rollout": rollout
     })
 }

@@ -216,8 +216,7 @@ function renderRollout(view) {
 }
 
 function renderVersions(view) {
-  const live = view.data_plane.workers.filter((worker) => worker.live);
-  const proxies = new Set(live.map((worker) => worker.proxy_id)).size;
+  const proxies = view.data_plane.live_proxies;
   const weights = { stable: 100 - view.canary_weight_percent, canary: view.canary_weight_percent };
   const windows = { stable: view.versions.stable.window, canary: view.versions.canary.window };
   const all = windows.stable.requests + windows.canary.requests;
@@ -248,11 +247,18 @@ function renderConvergence(view) {
   if (plane.live_workers === 0) {
     element.textContent = "No live workers reporting";
     element.className = "convergence pending";
+    element.title = "";
   } else {
     element.textContent =
       plane.converged_workers + " of " + plane.live_workers + " workers on weights v" + view.weights_version +
       (plane.converged ? " ✓" : " (propagating)");
     element.className = "convergence " + (plane.converged ? "ok" : "pending");
+    // The rollout document names the first lagging workers (oldest weights
+    // first); GET /v1/workers lists them all.
+    element.title = plane.lagging.length === 0 ? "" :
+      plane.lagging_total + " lagging, e.g. " +
+      plane.lagging.slice(0, 5).map((worker) => worker.proxy_id + " on v" + worker.applied_weights_version).join(", ") +
+      (plane.lagging_total > 5 ? ", …" : "");
   }
   const hosts = view.rollout && view.rollout.canary_hosts;
   $("hosts").textContent = hosts ? "Canary hosts: " + hosts.healthy + " of " + hosts.total + " healthy" : "";

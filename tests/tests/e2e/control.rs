@@ -15,7 +15,7 @@ async fn unconfirmable_rollback_times_out_naming_workers_and_stays_applied() {
     let answer = stack.set_weight(20.0).await.expect("set weight");
     let workers = answer["wait"]["workers_total"].as_u64().expect("workers_total");
     assert_confirmed(&answer, stack.concurrency() as u64);
-    let before_crash = stack.rollout().await.expect("rollout");
+    let before_crash = stack.analyzer_get("/v1/workers").await.expect("workers");
 
     // Every VM vanishes but is still "live" until worker_stale_after_ms.
     stack.kill_envoy();
@@ -37,7 +37,7 @@ async fn unconfirmable_rollback_times_out_naming_workers_and_stays_applied() {
 
     // An SRE finds the proxy by its Envoy node id (the filter's default
     // proxy id, per the contract).
-    let listed = before_crash["data_plane"]["workers"].as_array().cloned().unwrap_or_default();
+    let listed = before_crash["workers"].as_array().cloned().unwrap_or_default();
     assert_eq!(listed.len() as u64, workers, "{before_crash}");
     let proxy_ids: Vec<&serde_json::Value> = listed.iter().map(|worker| &worker["proxy_id"]).collect();
     assert!(

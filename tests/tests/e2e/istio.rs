@@ -60,10 +60,10 @@ async fn istio_shaped_envoy_splits_by_weight_and_routes_by_the_virtual_service()
     assert_eq!(plugin_config["analyzer_cluster"], istio::analyzer_cluster().as_str());
     let env = &loaded["vm_config"]["environment_variables"]["key_values"];
     assert_eq!(env[istio::RESOURCE_VERSION_ENV], istio::RESOURCE_VERSION, "{loaded}");
-    let rollout = stack.rollout().await.expect("rollout");
-    let workers = rollout["data_plane"]["workers"].as_array().cloned().unwrap_or_default();
-    assert!(!workers.is_empty(), "{rollout}");
-    assert!(workers.iter().all(|worker| worker["proxy_id"] == istio::NODE_ID), "{rollout}");
+    let page = stack.analyzer_get("/v1/workers").await.expect("workers");
+    let workers = page["workers"].as_array().cloned().unwrap_or_default();
+    assert!(!workers.is_empty(), "{page}");
+    assert!(workers.iter().all(|worker| worker["proxy_id"] == istio::NODE_ID), "{page}");
     let stats = envoy_stats(&stack).await.expect("stats");
     let analyzer_calls = cluster_stat(&stats, &istio::analyzer_cluster(), "upstream_rq_total");
     assert!(analyzer_calls.is_some_and(|calls| calls > 0), "sync calls via the analyzer cluster: {analyzer_calls:?}");

@@ -17,7 +17,8 @@
 //!    worker with its phase spread over the interval, a warm-up, then a
 //!    measured window: reports/s, ingest latency, analyzer CPU (per report
 //!    and utilisation, from schedstat), RSS, bytes written to storage and the
-//!    size of the state snapshot; then `GET /v1/rollout` timed under that load.
+//!    size of the state snapshot; then `GET /v1/rollout` and one page of
+//!    `GET /v1/workers?limit=1000` timed under that load.
 //! 2. **Saturation**: workers that send the next report as soon as the
 //!    previous one is acknowledged (`max_hold_ms` 0), added in steps until
 //!    reports/s stops growing. Reports per second per analyzer core is the
@@ -98,7 +99,8 @@ const RAMP_PATIENCE: Duration = Duration::from_secs(20);
 /// length of that reading.
 const IDLE_SETTLE: Duration = Duration::from_millis(500);
 const IDLE_READING: Duration = Duration::from_secs(1);
-/// Upper bound of the `GET /v1/rollout` calls of one size, to bound the load.
+/// Upper bound of the `GET /v1/rollout` calls of one size, and again of the
+/// `GET /v1/workers` pages, to bound the load.
 const ROLLOUT_GETS_BOUND: Duration = Duration::from_secs(60);
 /// Saturation: a step whose rate is less than this times the previous one's
 /// means reports/s stopped growing.
@@ -123,7 +125,8 @@ pub struct ScaleOptions {
     pub report_interval_ms: u32,
     pub warm_up_s: f64,
     pub window_s: f64,
-    /// `GET /v1/rollout` calls timed at each size.
+    /// `GET /v1/rollout` calls timed at each size, and as many
+    /// `GET /v1/workers?limit=1000` pages.
     pub rollout_gets: usize,
     /// Total ack-paced workers of each saturation step; empty skips it.
     pub saturation_workers: Vec<usize>,
@@ -512,6 +515,8 @@ pub struct SizeRun {
     pub expected_exchanges_per_second: f64,
     pub window: WindowSummary,
     pub rollout_get: RolloutGets,
+    /// The first page of `GET /v1/workers`, as many calls as `rollout_get`.
+    pub workers_page_get: WorkersPageGets,
     pub load_average_before: Option<[f64; 3]>,
     pub load_average_after: Option<[f64; 3]>,
 }
@@ -615,6 +620,21 @@ pub struct RolloutGets {
     pub live_workers: Option<u64>,
     pub errors: Vec<String>,
 }
+
+/// [`WORKERS_PAGE_PATH`] timed at the client, one fresh connection per call.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkersPageGets {
+    pub samples_ms: Vec<f64>,
+    pub p50_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    pub response_bytes: Option<usize>,
+    /// `total` of the last answer: the workers the table holds.
+    pub total: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+/// The page the benchmark times: the first, of the default size.
+const WORKERS_PAGE_PATH: &str = "/v1/workers?limit=1000";
 
 /// The saturation sweep.
 #[derive(Debug, Clone, Serialize)]
@@ -1064,7 +1084,7 @@ async fn measure_size(
         interval.mul_f64((sync_loops as f64 / RAMP_CONNECTS_PER_SECOND / interval.as_secs_f64()).ceil().max(1.0));
     let warm_up = Duration::from_secs_f64(options.warm_up_s);
     let window = Duration::from_secs_f64(options.window_s);
-    let bound = ramp + RAMP_PATIENCE + warm_up + window + ROLLOUT_GETS_BOUND + Duration::from_secs(10);
+    let bound = ramp + RAMP_PATIENCE + warm_up + window + 2 * ROLLOUT_GETS_BOUND + Duration::from_secs(10);
     let started = Instant::now();
     let mut driver = Driver::new(
         SyncSettings {
@@ -1084,6 +1104,7 @@ async fn measure_size(
     let window = measure_window(&driver, &analyzer, &label, window).await;
     analyzer.fail_if_exited("during the measurement window")?;
     let rollout_get = time_rollout_gets(analyzer.address(), options.rollout_gets, &label).await;
+    let workers_page_get = time_workers_page_gets(analyzer.address(), options.rollout_gets, &label).await;
     let load_average_after = machine::load_average();
     // The server side first: see `AnalyzerProcess::kill`.
     analyzer.kill();
@@ -1102,6 +1123,7 @@ async fn measure_size(
         expected_exchanges_per_second: sync_loops as f64 / interval.as_secs_f64(),
         window,
         rollout_get,
+        workers_page_get,
         load_average_before,
         load_average_after,
     })
@@ -1342,37 +1364,65 @@ impl ReportCounters {
 
 /// `count` sequential `GET /v1/rollout` calls under the running load.
 async fn time_rollout_gets(address: SocketAddr, count: usize, label: &str) -> RolloutGets {
-    let started = Instant::now();
-    let mut samples_ms = Vec::with_capacity(count);
-    let mut errors = Vec::new();
-    let mut response_bytes = None;
-    let mut live_workers = None;
-    for call in 0..count {
-        if started.elapsed() > ROLLOUT_GETS_BOUND {
-            errors.push(format!("stopped after {call} calls: over {ROLLOUT_GETS_BOUND:?}"));
-            break;
-        }
-        progress(BENCHMARK, &format!("{label}: GET /v1/rollout {}/{count}", call + 1));
-        let sent = Instant::now();
-        match canary_tests::http::get(address, "/v1/rollout").await {
-            Ok(response) if response.status.is_success() => {
-                samples_ms.push(sent.elapsed().as_secs_f64() * 1_000.0);
-                response_bytes = Some(response.body.len());
-                live_workers = json_number_after(&response.body, b"\"live_workers\":");
-            }
-            Ok(response) => errors.push(format!("HTTP {}", response.status)),
-            Err(error) => errors.push(format!("{error:#}")),
-        }
-    }
-    let summary = crate::quantiles::Quantiles::of(&samples_ms);
+    let timed = time_gets(address, "/v1/rollout", b"\"live_workers\":", count, label).await;
+    let summary = crate::quantiles::Quantiles::of(&timed.samples_ms);
     RolloutGets {
         p50_ms: summary.map(|q| q.p50),
         max_ms: summary.map(|q| q.max),
-        samples_ms,
-        response_bytes,
-        live_workers,
-        errors,
+        samples_ms: timed.samples_ms,
+        response_bytes: timed.response_bytes,
+        live_workers: timed.number,
+        errors: timed.errors,
     }
+}
+
+/// `count` sequential [`WORKERS_PAGE_PATH`] calls under the running load.
+async fn time_workers_page_gets(address: SocketAddr, count: usize, label: &str) -> WorkersPageGets {
+    let timed = time_gets(address, WORKERS_PAGE_PATH, b"\"total\":", count, label).await;
+    let summary = crate::quantiles::Quantiles::of(&timed.samples_ms);
+    WorkersPageGets {
+        p50_ms: summary.map(|q| q.p50),
+        max_ms: summary.map(|q| q.max),
+        samples_ms: timed.samples_ms,
+        response_bytes: timed.response_bytes,
+        total: timed.number,
+        errors: timed.errors,
+    }
+}
+
+/// What [`time_gets`] saw.
+struct TimedGets {
+    samples_ms: Vec<f64>,
+    response_bytes: Option<usize>,
+    /// The number after `number_key` in the last answer.
+    number: Option<u64>,
+    errors: Vec<String>,
+}
+
+/// `count` sequential `GET`s of `path`, at most [`ROLLOUT_GETS_BOUND`] in
+/// all.
+async fn time_gets(address: SocketAddr, path: &str, number_key: &[u8], count: usize, label: &str) -> TimedGets {
+    let started = Instant::now();
+    let mut timed =
+        TimedGets { samples_ms: Vec::with_capacity(count), response_bytes: None, number: None, errors: Vec::new() };
+    for call in 0..count {
+        if started.elapsed() > ROLLOUT_GETS_BOUND {
+            timed.errors.push(format!("stopped after {call} calls: over {ROLLOUT_GETS_BOUND:?}"));
+            break;
+        }
+        progress(BENCHMARK, &format!("{label}: GET {path} {}/{count}", call + 1));
+        let sent = Instant::now();
+        match canary_tests::http::get(address, path).await {
+            Ok(response) if response.status.is_success() => {
+                timed.samples_ms.push(sent.elapsed().as_secs_f64() * 1_000.0);
+                timed.response_bytes = Some(response.body.len());
+                timed.number = json_number_after(&response.body, number_key);
+            }
+            Ok(response) => timed.errors.push(format!("HTTP {}", response.status)),
+            Err(error) => timed.errors.push(format!("{error:#}")),
+        }
+    }
+    timed
 }
 
 /// The unsigned number right after the first `key` in a JSON text, without
@@ -1392,7 +1442,7 @@ fn size_line(size: &SizeRun) -> String {
     let window = &size.window;
     format!(
         "{} workers{}: {:.0} reports/s (of {:.0}), {:.0} exchanges/s, ingest p50 {} p99 {}, analyzer {:.0}% CPU, {} \
-         µs/report, RSS {}, GET /v1/rollout p50 {}",
+         µs/report, RSS {}, GET /v1/rollout p50 {}, GET /v1/workers page p50 {}",
         size.workers,
         connections_note(size),
         window.reports_per_second,
@@ -1404,6 +1454,7 @@ fn size_line(size: &SizeRun) -> String {
         number_cell(window.analyzer.cpu_us_per_report, 1),
         mib_cell(window.analyzer.rss_bytes),
         ms_cell(size.rollout_get.p50_ms),
+        ms_cell(size.workers_page_get.p50_ms),
     )
 }
 
@@ -1506,7 +1557,8 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
     let mut out = String::from(
         "| proxies × workers | reports/s (expected) | exchanges/s (expected) | ingest p50 ms | p99 | max | analyzer CPU \
          | waited for CPU | µs/report | µs/exchange | RSS | snapshot | storage MB/s | GET /v1/rollout p50 ms | max \
-         | failed syncs |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | GET /v1/workers page p50 ms | max | failed syncs \
+         |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for size in sizes {
         let window = &size.window;
@@ -1514,7 +1566,7 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
         let _ = writeln!(
             out,
             "| {} × {}{} | {:.0} ({:.0}) | {:.0} ({:.0}) | {} | {} | {} | {:.0}% | {:.0}% | {} | {} | {} | {} | {} | {} \
-             | {} | {} |",
+             | {} | {} | {} | {} |",
             size.proxies,
             size.workers / size.proxies.max(1),
             connections_note(size),
@@ -1536,6 +1588,8 @@ pub fn sizes_table(sizes: &[SizeRun]) -> String {
             number_cell(analyzer.storage_write_bytes_per_second.map(|bytes| bytes / 1e6), 1),
             number_cell(size.rollout_get.p50_ms, 1),
             number_cell(size.rollout_get.max_ms, 1),
+            number_cell(size.workers_page_get.p50_ms, 1),
+            number_cell(size.workers_page_get.max_ms, 1),
             window.failures.values().sum::<u64>(),
         );
     }

@@ -1712,23 +1712,33 @@ pub fn markdown(result: &OverheadResult) -> String {
     out
 }
 
-/// The side-by-side rounds of one concurrency: CPU per request per variant,
-/// then the ratios round by round.
-pub fn side_by_side_table(run: &ConcurrencyRun) -> String {
-    let mut out =
-        String::from("| variant | CPU/req µs: median [min–max] | p99 µs: median of rounds |\n|---|---:|---:|\n");
+/// Each variant's samples over the side-by-side rounds, in variant order.
+fn side_by_side_by_variant(run: &ConcurrencyRun) -> Vec<(Variant, Vec<&PhaseSample>)> {
     let variants: Vec<Variant> = run
         .side_by_side
         .first()
         .map(|round| round.samples.iter().map(|sample| sample.variant).collect())
         .unwrap_or_default();
-    for variant in variants {
-        let samples: Vec<&PhaseSample> = run
-            .side_by_side
-            .iter()
-            .filter_map(|round| round.samples.iter().find(|sample| sample.variant == variant))
-            .map(|sample| &sample.fixed_rate)
-            .collect();
+    variants
+        .into_iter()
+        .map(|variant| {
+            let samples = run
+                .side_by_side
+                .iter()
+                .filter_map(|round| round.samples.iter().find(|sample| sample.variant == variant))
+                .map(|sample| &sample.fixed_rate)
+                .collect();
+            (variant, samples)
+        })
+        .collect()
+}
+
+/// The side-by-side rounds of one concurrency: CPU per request per variant,
+/// then the ratios round by round.
+pub fn side_by_side_table(run: &ConcurrencyRun) -> String {
+    let mut out =
+        String::from("| variant | CPU/req µs: median [min–max] | p99 µs: median of rounds |\n|---|---:|---:|\n");
+    for (variant, samples) in side_by_side_by_variant(run) {
         let cpu = Spread::of(&samples.iter().map(|sample| sample.cpu_per_request_us).collect::<Vec<_>>());
         let p99 = Spread::of(
             &samples.iter().filter_map(|sample| Some(sample.generator.latency?.p99_us as f64)).collect::<Vec<_>>(),
@@ -1802,6 +1812,22 @@ pub fn plots(result: &OverheadResult, dir: &Path) -> anyhow::Result<Vec<PathBuf>
             let path = dir.join(format!("overhead-cpu-concurrency-{}.svg", run.concurrency));
             let title = format!("Envoy CPU per request at saturation, concurrency {}", run.concurrency);
             plots::bars_with_range(&path, &title, "µs per request", &bars)?;
+            written.push(path);
+        }
+        let side_by_side_bars: Vec<Bar> = side_by_side_by_variant(run)
+            .into_iter()
+            .filter_map(|(variant, samples)| {
+                let spread = Spread::of(&samples.iter().map(|sample| sample.cpu_per_request_us).collect::<Vec<_>>())?;
+                Some(Bar { label: variant.short().to_owned(), value: spread.median, min: spread.min, max: spread.max })
+            })
+            .collect();
+        if !side_by_side_bars.is_empty() {
+            let path = dir.join(format!("overhead-cpu-side-by-side-concurrency-{}.svg", run.concurrency));
+            let title = format!(
+                "Envoy CPU per request, side by side at {:.0} req/s each, concurrency {}",
+                run.side_by_side_rate_per_second, run.concurrency
+            );
+            plots::bars_with_range(&path, &title, "µs per request", &side_by_side_bars)?;
             written.push(path);
         }
         // x: the number of nines (p50 = 0.3, p99 = 2, p99.9 = 3), so the

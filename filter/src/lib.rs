@@ -16,6 +16,7 @@
 //! unreachable a worker keeps the last weights it applied.
 
 pub mod config;
+pub mod mailbox;
 pub mod reporter;
 pub mod worker;
 

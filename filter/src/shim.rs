@@ -14,6 +14,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
 
 use crate::config::{DEFAULT_ROUTE_HEADER, FilterConfig, StickyKey, VersionOverride};
+use crate::mailbox::{Adopted, FinalReports, MAILBOX_QUEUE};
 use crate::reporter::{
     BatchKind, Handed, LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
     lease_action, lease_duration_ms, must_hand_over_again,
@@ -65,6 +66,21 @@ struct CanaryRoot {
     shutting_down: bool,
     /// Batched mode (`batch_reports`); `None` sends this worker's own syncs.
     batched: Option<Batched>,
+    /// The final-reports queue (`crate::mailbox`), in both modes; `None`
+    /// until configured, or if Envoy would not register it.
+    mailbox: Option<Mailbox>,
+}
+
+/// A VM's side of the final-reports queue: where it leaves its own last
+/// reports when torn down, and the reports of gone VMs it adopted.
+struct Mailbox {
+    /// The same token in every VM with this `vm_id`.
+    queue_id: u32,
+    adopted: Adopted,
+    /// The batch call carrying adopted reports, while open.
+    call: Option<u32>,
+    /// Scratch for messages and batch bodies, kept to reuse its capacity.
+    scratch: Vec<u8>,
 }
 
 /// A VM's part in batched reporting (see `crate::reporter`).
@@ -120,6 +136,7 @@ impl CanaryRoot {
             flushed_sync_timeouts: 0,
             shutting_down: false,
             batched: None,
+            mailbox: None,
         }
     }
 
@@ -191,8 +208,11 @@ impl Context for CanaryRoot {
     /// Envoy is tearing the VM down (the listener or filter config that
     /// owns it was removed or replaced, or Envoy is shutting down). Counts
     /// the analyzer has not acknowledged would die with the VM, so the VM
-    /// asks Envoy to wait (returns false) while it sends them in a final
-    /// sync, and calls `done()` when that ends (see `continue_shutdown`).
+    /// leaves them in the final-reports queue for another VM to send
+    /// (`crate::mailbox`: Envoy 1.40 destroys a replaced VM as soon as this
+    /// returns), and also asks Envoy to wait (returns false) while it sends
+    /// them in a final sync, calling `done()` when that ends (see
+    /// `continue_shutdown`). The analyzer counts whichever copy comes first.
     fn on_done(&mut self) -> bool {
         let Some(configured) = self.configured.clone() else { return true };
         self.shutting_down = true;
@@ -209,23 +229,35 @@ impl Context for CanaryRoot {
             }
         }
         configured.worker.borrow_mut().stop_holding();
-        let (in_flight, unreported, (in_report, accumulating)) = {
-            let worker = configured.worker.borrow();
-            (worker.sync_in_flight(), worker.has_unreported_counts(), worker.unacknowledged_requests())
-        };
+        let (in_report, accumulating) = configured.worker.borrow().unacknowledged_requests();
         let at_stake = in_report + accumulating > 0;
+        // Envoy may destroy this VM as soon as this returns (it does when
+        // it replaces the VM), so the last counts go into the mailbox
+        // first, which outlives the VM; the final sync below is a second
+        // copy, for the teardowns Envoy waits for. Adopted reports not yet
+        // acknowledged go back for another VM.
+        let mailed = at_stake && self.mail_final_reports(&configured);
+        self.put_back_adopted();
+        let (in_flight, unreported) = {
+            let worker = configured.worker.borrow();
+            (worker.sync_in_flight(), worker.has_unreported_counts())
+        };
         // The numbers make a loss at shutdown measurable from Envoy's log.
         log(
             LogLevel::Info,
             &format!(
                 "VM shutting down with requests not yet acknowledged by the analyzer: {in_report} in the report \
-                 in flight, {accumulating} accumulating{}",
+                 in flight, {accumulating} accumulating{}{}",
+                if mailed { "; left in the final-reports queue" } else { "" },
                 if at_stake { "; sending them in a final sync" } else { "" }
             ),
         );
+        // Now too, not only when the final sync ends: a VM Envoy replaces
+        // never gets there, and its Envoy counters would miss the requests
+        // since the last tick.
+        self.flush_metrics();
         if !at_stake {
             // An open long-poll carrying an empty report loses nothing.
-            self.flush_metrics();
             return true;
         }
         if in_flight {
@@ -233,7 +265,6 @@ impl Context for CanaryRoot {
             return false;
         }
         if !unreported {
-            self.flush_metrics();
             return true;
         }
         self.start_sync();
@@ -245,6 +276,10 @@ impl Context for CanaryRoot {
     }
 
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.mailbox.as_ref().is_some_and(|mailbox| mailbox.call == Some(token_id)) {
+            self.finish_adopted_call(num_headers, body_size);
+            return;
+        }
         let batch = self.batched.as_ref().and_then(|batched| {
             if batched.held_call == Some(token_id) {
                 Some(BatchKind::Held)
@@ -652,6 +687,136 @@ impl CanaryRoot {
     }
 }
 
+/// The final-reports queue (`crate::mailbox`): leaving this VM's last
+/// reports for another VM, and sending those of gone VMs.
+impl CanaryRoot {
+    fn register_mailbox(&mut self, report_interval_ms: u32) {
+        match hostcalls::register_shared_queue(MAILBOX_QUEUE) {
+            Ok(queue_id) => {
+                self.mailbox = Some(Mailbox {
+                    queue_id,
+                    adopted: Adopted::new(report_interval_ms),
+                    call: None,
+                    scratch: Vec::new(),
+                })
+            }
+            Err(status) => log(
+                LogLevel::Warn,
+                &format!(
+                    "cannot register the final-reports queue ({status:?}); if Envoy replaces this VM, the counts \
+                     it has not reported by then are lost"
+                ),
+            ),
+        }
+    }
+
+    /// Enqueues the worker's final reports (all its unacknowledged counts,
+    /// see `Worker::final_reports`); whether they are in the mailbox.
+    fn mail_final_reports(&mut self, configured: &Configured) -> bool {
+        let Some(mailbox) = self.mailbox.as_mut() else { return false };
+        let (worker_id, reports) = {
+            let mut worker = configured.worker.borrow_mut();
+            (worker.worker_id(), worker.final_reports())
+        };
+        if reports.is_empty() {
+            return false;
+        }
+        mailbox.scratch.clear();
+        FinalReports { worker_id, reports }.encode(&mut mailbox.scratch);
+        hostcalls::enqueue_shared_queue(mailbox.queue_id, Some(&mailbox.scratch)).is_ok()
+    }
+
+    /// Returns the adopted reports not yet acknowledged to the mailbox.
+    fn put_back_adopted(&mut self) {
+        let Some(mailbox) = self.mailbox.as_mut() else { return };
+        mailbox.call = None;
+        for message in mailbox.adopted.put_back() {
+            mailbox.scratch.clear();
+            message.encode(&mut mailbox.scratch);
+            if hostcalls::enqueue_shared_queue(mailbox.queue_id, Some(&mailbox.scratch)).is_err() {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "could not put {} adopted final reports back into the final-reports queue",
+                        message.reports.len()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Adopts whatever gone VMs left in the mailbox (one dequeue that finds
+    /// it empty per tick, never per request) and sends the adopted reports
+    /// when due.
+    fn drain_mailbox(&mut self) {
+        if self.shutting_down || self.configured.is_none() {
+            return;
+        }
+        let Some(mailbox) = self.mailbox.as_mut() else { return };
+        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(mailbox.queue_id) {
+            match FinalReports::decode(&bytes) {
+                Ok(message) => {
+                    log(
+                        LogLevel::Info,
+                        &format!(
+                            "adopted {} final reports of worker {:016x}, whose VM was torn down",
+                            message.reports.len(),
+                            message.worker_id
+                        ),
+                    );
+                    mailbox.adopted.adopt(message);
+                }
+                Err(error) => log(LogLevel::Warn, &format!("dropped a bad final-reports message: {error}")),
+            }
+        }
+        self.send_adopted_if_due();
+    }
+
+    fn send_adopted_if_due(&mut self) {
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let Some(mailbox) = self.mailbox.as_mut() else { return };
+        if !mailbox.adopted.send_due(now_ms) {
+            return;
+        }
+        let config = &configured.config;
+        let headers = configured.call_headers(SYNC_BATCH_PATH);
+        mailbox.scratch.clear();
+        mailbox.adopted.begin_batch(&mut mailbox.scratch);
+        let timeout = Duration::from_millis(mailbox.adopted.batch_timeout_ms());
+        match hostcalls::dispatch_http_call(&config.analyzer_cluster, headers, Some(&mailbox.scratch), vec![], timeout)
+        {
+            Ok(token) => mailbox.call = Some(token),
+            Err(_) => {
+                mailbox.adopted.finish_batch(now_ms, None);
+                log_adopted_failure(&mailbox.adopted, &SyncFailure::Dispatch, config);
+            }
+        }
+    }
+
+    fn finish_adopted_call(&mut self, num_headers: usize, body_size: usize) {
+        let Some(configured) = self.configured.clone() else { return };
+        let now_ms = self.now_ms();
+        let Some(mailbox) = self.mailbox.as_mut() else { return };
+        mailbox.call = None;
+        match read_call_body(num_headers, body_size)
+            .and_then(|body| BatchAck::decode(&body).map_err(|error| SyncFailure::BadBody(error.to_string())))
+        {
+            Ok(ack) => {
+                let acked = mailbox.adopted.finish_batch(now_ms, Some(&ack));
+                log(LogLevel::Info, &format!("the analyzer acknowledged {acked} adopted final reports"));
+            }
+            Err(failure) => {
+                mailbox.adopted.finish_batch(now_ms, None);
+                log_adopted_failure(&mailbox.adopted, &failure, &configured.config);
+            }
+        }
+        if !self.shutting_down {
+            self.send_adopted_if_due();
+        }
+    }
+}
+
 impl RootContext for CanaryRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
@@ -699,8 +864,10 @@ impl RootContext for CanaryRoot {
         let worker =
             Worker::new(proxy_id, worker_id, rng_seed, config.report_interval_ms, config.initial_canary_weight);
         let batch_reports = config.batch_reports;
+        let report_interval_ms = config.report_interval_ms;
         self.configured = Some(Rc::new(configured(config, worker)));
         self.set_batched(batch_reports);
+        self.register_mailbox(report_interval_ms);
         self.metrics = define_metrics();
         self.record_weight_gauges();
         let _ = hostcalls::set_tick_period(TICK);
@@ -725,9 +892,19 @@ impl RootContext for CanaryRoot {
             self.start_sync();
         }
         self.send_batch_if_due(true);
+        self.drain_mailbox();
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Some(mailbox) = &self.mailbox
+            && mailbox.queue_id == queue_id
+        {
+            // Final reports are taken only at a tick: Envoy configures a
+            // base VM on the main thread that never ticks, and a queue's
+            // wake-ups go to its last registrant, which may be that one. A
+            // tick proves the VM runs; the reports wait at most one.
+            return;
+        }
         let mut acks = Vec::new();
         let now_ms = self.now_ms();
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
@@ -987,6 +1164,21 @@ fn log_batch_failure(reporter: &Reporter, failure: &SyncFailure, config: &Filter
             &format!(
                 "batched sync with analyzer cluster {:?} failed: {failure}; keeping every worker's report \
                  until it answers",
+                config.analyzer_cluster
+            ),
+        );
+    }
+}
+
+/// Logged at the first failure of a run, as a worker's own sync failures
+/// are.
+fn log_adopted_failure(adopted: &Adopted, failure: &SyncFailure, config: &FilterConfig) {
+    if adopted.is_first_failure() {
+        log(
+            LogLevel::Warn,
+            &format!(
+                "sending adopted final reports to analyzer cluster {:?} failed: {failure}; keeping them until it \
+                 answers",
                 config.analyzer_cluster
             ),
         );

@@ -94,6 +94,11 @@ pub struct Worker {
     unacked: Option<(u64, Vec<u8>)>,
     /// Requests in the unacknowledged report.
     unacked_requests: u64,
+    /// VM shutting down ([`Worker::final_reports`]): the report after
+    /// `unacked`, cut from the accumulators while `unacked` was still out,
+    /// so that every count can leave the VM before it is destroyed. It
+    /// becomes `unacked` when that is acknowledged: (seq, bytes, requests).
+    cut_ahead: Option<(u64, Vec<u8>, u64)>,
     in_flight: bool,
     last_dispatch_ms: u64,
     /// No sync starts before this monotonic time.
@@ -133,6 +138,7 @@ impl Worker {
             report_interval_ms: u64::from(report_interval_ms),
             unacked: None,
             unacked_requests: 0,
+            cut_ahead: None,
             in_flight: false,
             last_dispatch_ms: 0,
             next_sync_ms: 0,
@@ -193,7 +199,7 @@ impl Worker {
     /// Whether the worker has counts the analyzer has not acknowledged yet
     /// (cut into a report or still accumulating).
     pub fn has_unreported_counts(&self) -> bool {
-        self.unacked.is_some() || self.accumulating.iter().any(|stats| !stats.is_empty())
+        self.unacked.is_some() || self.cut_ahead.is_some() || self.accumulating.iter().any(|stats| !stats.is_empty())
     }
 
     /// Requests the analyzer has not acknowledged yet: `(in_report,
@@ -203,7 +209,8 @@ impl Worker {
     pub fn unacknowledged_requests(&self) -> (u64, u64) {
         let accumulating: u64 = self.accumulating.iter().map(|stats| stats.requests).sum();
         let in_report = if self.unacked.is_some() { self.unacked_requests } else { 0 };
-        (in_report, accumulating)
+        let cut_ahead = self.cut_ahead.as_ref().map_or(0, |(_, _, requests)| *requests);
+        (in_report + cut_ahead, accumulating)
     }
 
     /// Random split for a request without a sticky key.
@@ -299,22 +306,54 @@ impl Worker {
     pub fn begin_sync(&mut self, now_ms: u64) -> &[u8] {
         self.in_flight = true;
         self.last_dispatch_ms = now_ms;
-        let (_, body) = self.unacked.get_or_insert_with(|| {
-            self.header.seq += 1;
-            self.header.weights_version = self.weights.weights_version;
-            // The counts cut now were routed under the weights in force when
-            // they started accumulating; from here on they are the applied ones.
-            self.header.counts_weights_version = self.accumulating_weights_version;
-            self.accumulating_weights_version = self.weights.weights_version;
-            self.unacked_requests = self.accumulating.iter().map(|stats| stats.requests).sum();
-            let mut body = Vec::with_capacity(256);
-            encode_report(&self.header, &self.accumulating[0], &self.accumulating[1], &mut body);
-            for stats in &mut self.accumulating {
-                stats.reset();
+        if self.unacked.is_none() {
+            let (seq, body, requests) = self.cut_report();
+            self.unacked_requests = requests;
+            self.unacked = Some((seq, body));
+        }
+        self.unacked.as_ref().map_or(&[], |(_, body)| body.as_slice())
+    }
+
+    /// Cuts the next report from the accumulators (which are then emptied):
+    /// its seq, bytes and requests.
+    fn cut_report(&mut self) -> (u64, Vec<u8>, u64) {
+        self.header.seq += 1;
+        self.header.weights_version = self.weights.weights_version;
+        // The counts cut now were routed under the weights in force when
+        // they started accumulating; from here on they are the applied ones.
+        self.header.counts_weights_version = self.accumulating_weights_version;
+        self.accumulating_weights_version = self.weights.weights_version;
+        let requests = self.accumulating.iter().map(|stats| stats.requests).sum();
+        let mut body = Vec::with_capacity(256);
+        encode_report(&self.header, &self.accumulating[0], &self.accumulating[1], &mut body);
+        for stats in &mut self.accumulating {
+            stats.reset();
+        }
+        (self.header.seq, body, requests)
+    }
+
+    /// VM shutting down: every report that carries counts the analyzer has
+    /// not acknowledged, in seq order, cutting one from the accumulators if
+    /// they hold any. At most two: the report out (or waiting to be
+    /// re-sent), unchanged, and the one after it. The worker keeps both, so
+    /// its own final sync sends the same seqs and bytes, and the analyzer
+    /// counts each once whichever copy arrives first. They must reach it in
+    /// seq order: it takes a seq at or below the last it counted as a
+    /// duplicate.
+    pub fn final_reports(&mut self) -> Vec<(u64, Vec<u8>)> {
+        let accumulated = self.accumulating.iter().any(|stats| !stats.is_empty());
+        if accumulated && self.cut_ahead.is_none() {
+            let cut = self.cut_report();
+            if self.unacked.is_some() {
+                self.cut_ahead = Some(cut);
+            } else {
+                let (seq, body, requests) = cut;
+                self.unacked_requests = requests;
+                self.unacked = Some((seq, body));
             }
-            (self.header.seq, body)
-        });
-        body
+        }
+        let ahead = self.cut_ahead.as_ref().map(|(seq, body, _)| (*seq, body.clone()));
+        self.unacked.iter().cloned().chain(ahead).collect()
     }
 
     /// Ends the sync in flight with the analyzer's answer or a failure.
@@ -337,6 +376,10 @@ impl Worker {
         match result {
             Ok(response) => {
                 self.unacked = None;
+                if let Some((seq, body, requests)) = self.cut_ahead.take() {
+                    self.unacked = Some((seq, body));
+                    self.unacked_requests = requests;
+                }
                 let recovered = self.consecutive_failures > 0;
                 self.consecutive_failures = 0;
                 let old = self.weights;

@@ -278,3 +278,53 @@ fn worker_with_weights(applied: Weights) -> Worker {
     worker.finish_sync(5, ack(1, applied));
     worker
 }
+
+/// A VM shutting down: every unacknowledged count leaves in at most two
+/// reports, in seq order. The report out keeps its seq and bytes; what
+/// accumulated since is cut into the next seq. The worker's own final sync
+/// then sends exactly those, so whichever copy reaches the analyzer first is
+/// the one counted.
+#[test]
+fn final_reports_carry_the_report_out_unchanged_and_cut_the_rest_into_the_next_seq() {
+    let mut worker = worker();
+    worker.record(Version::Stable, StatusClass::Success, 100);
+    let out = worker.begin_sync(0).to_vec();
+    worker.record(Version::Canary, StatusClass::Success, 100);
+    worker.record(Version::Canary, StatusClass::Success, 100);
+    assert_eq!(worker.unacknowledged_requests(), (1, 2));
+    worker.stop_holding();
+
+    let reports = worker.final_reports();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(reports[0], (1, out.clone()), "the report out, unchanged");
+    let next = Report::decode(&reports[1].1).expect("valid report");
+    assert_eq!((reports[1].0, next.header.seq, next.header.max_hold_ms), (2, 2, 0));
+    assert_eq!((next.versions[0].requests, next.versions[1].requests), (0, 2));
+    assert_eq!(worker.unacknowledged_requests(), (3, 0));
+    assert_eq!(worker.final_reports(), reports, "asking again cuts nothing new");
+
+    // The direct final sync: the report out (still in flight, re-sent
+    // unchanged after a failure), then the one cut ahead, then nothing.
+    worker.abandon_sync();
+    assert_eq!(worker.begin_sync(10), out.as_slice());
+    worker.finish_sync(20, ack(1, weights(0, 0)));
+    assert!(worker.has_unreported_counts());
+    assert_eq!(worker.begin_sync(30), reports[1].1.as_slice());
+    worker.finish_sync(40, ack(2, weights(0, 0)));
+    assert!(!worker.has_unreported_counts());
+    assert_eq!(worker.unacknowledged_requests(), (0, 0));
+}
+
+#[test]
+fn final_reports_cut_one_report_when_none_is_out_and_none_when_nothing_is_unacknowledged() {
+    let mut worker = worker();
+    assert!(worker.final_reports().is_empty());
+    worker.record(Version::Stable, StatusClass::Success, 100);
+    let reports = worker.final_reports();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].0, 1);
+    assert!(!worker.sync_in_flight(), "cut, not sent");
+    assert_eq!(worker.begin_sync(0), reports[0].1.as_slice(), "the final sync sends the same bytes");
+    worker.finish_sync(10, ack(1, weights(0, 0)));
+    assert!(worker.final_reports().is_empty());
+}

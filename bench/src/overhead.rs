@@ -652,6 +652,11 @@ const RATIOS: [(Variant, Variant); 6] = [
     (Variant::C, Variant::A),
 ];
 
+/// The [`RATIOS`] whose both sides ran.
+fn ratio_pairs(variants: &[Variant]) -> impl Iterator<Item = (Variant, Variant)> {
+    RATIOS.into_iter().filter(|(numerator, denominator)| variants.contains(numerator) && variants.contains(denominator))
+}
+
 /// Runs the benchmark; see the module docs.
 pub async fn run(
     options: &OverheadOptions,
@@ -930,18 +935,10 @@ async fn run_concurrency(
         .iter()
         .map(|&variant| VariantSummary::of(variant, &samples, latencies.get(&variant)))
         .collect();
-    let ratios = RATIOS
-        .into_iter()
-        .filter(|(numerator, denominator)| {
-            options.variants.contains(numerator) && options.variants.contains(denominator)
-        })
+    let ratios = ratio_pairs(&options.variants)
         .map(|(numerator, denominator)| RatioSummary::of(numerator, denominator, &samples))
         .collect();
-    let side_by_side_ratios = RATIOS
-        .into_iter()
-        .filter(|(numerator, denominator)| {
-            options.variants.contains(numerator) && options.variants.contains(denominator)
-        })
+    let side_by_side_ratios = ratio_pairs(&options.variants)
         .map(|(numerator, denominator)| SideBySideRatio::of(numerator, denominator, &side_by_side))
         .filter(|ratio| !ratio.by_round.is_empty())
         .collect();

@@ -52,6 +52,20 @@ fn weights(version: u64, bp: u64) -> Weights {
     Weights { weights_version: version, canary_weight: CanaryWeight::from_bp(bp).expect("valid") }
 }
 
+/// A reporter whose two workers (queues 11 and 12, ids 1 and 2) each sent
+/// seq 1 at 0 ms, acknowledged in one held batch at `acked_at_ms`; with a
+/// report to send again and a scratch body.
+fn two_workers_past_their_first_batch(acked_at_ms: u64) -> (Reporter, Vec<u8>, Vec<u8>) {
+    let mut reporter = Reporter::new(INTERVAL_MS);
+    let (_, report) = worker_report(1, 1);
+    receive(&mut reporter, 11, 1, 1, &report, 0);
+    receive(&mut reporter, 12, 2, 1, &report, 0);
+    let mut body = Vec::new();
+    reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
+    reporter.finish_batch(HELD, acked_at_ms, Some(ack(1, &[(1, 1), (2, 1)])));
+    (reporter, report, body)
+}
+
 fn ack(version: u64, pairs: &[(u64, u64)]) -> BatchAck {
     BatchAck {
         weights: weights(version, 500),
@@ -117,13 +131,7 @@ fn one_batch_carries_every_worker_and_each_gets_its_own_ack() {
 
 #[test]
 fn a_batch_waits_for_every_live_worker_until_the_tick() {
-    let mut reporter = Reporter::new(INTERVAL_MS);
-    let (_, report) = worker_report(1, 1);
-    receive(&mut reporter, 11, 1, 1, &report, 0);
-    receive(&mut reporter, 12, 2, 1, &report, 0);
-    let mut body = Vec::new();
-    reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
-    reporter.finish_batch(HELD, 1_000, Some(ack(1, &[(1, 1), (2, 1)])));
+    let (mut reporter, report, _) = two_workers_past_their_first_batch(1_000);
     // Worker 1 answers its ack with its next report first.
     receive(&mut reporter, 11, 1, 2, &report, 1_001);
     assert!(reporter.send_due(1_001, false).is_none(), "worker 2 is live and its next report is on its way");
@@ -198,13 +206,7 @@ fn a_batch_holds_at_most_the_protocol_limit_and_the_rest_goes_next() {
 
 #[test]
 fn workers_gone_quiet_are_forgotten_once_delivered() {
-    let mut reporter = Reporter::new(INTERVAL_MS);
-    let (_, report) = worker_report(1, 1);
-    receive(&mut reporter, 11, 1, 1, &report, 0);
-    receive(&mut reporter, 12, 2, 1, &report, 0);
-    let mut body = Vec::new();
-    reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
-    reporter.finish_batch(HELD, 5, Some(ack(1, &[(1, 1), (2, 1)])));
+    let (mut reporter, report, mut body) = two_workers_past_their_first_batch(5);
     // Only worker 1 keeps reporting; at the batch after ten intervals
     // worker 2 is dropped from the table, so new weights are no longer
     // pushed to its (gone) queue.
@@ -219,13 +221,7 @@ fn workers_gone_quiet_are_forgotten_once_delivered() {
 
 #[test]
 fn new_weights_reach_workers_whose_report_missed_the_batch() {
-    let mut reporter = Reporter::new(INTERVAL_MS);
-    let (_, report) = worker_report(1, 1);
-    receive(&mut reporter, 11, 1, 1, &report, 0);
-    receive(&mut reporter, 12, 2, 1, &report, 0);
-    let mut body = Vec::new();
-    reporter.begin_batch(HELD, INTERVAL_MS, 0, &mut body);
-    reporter.finish_batch(HELD, 1_000, Some(ack(1, &[(1, 1), (2, 1)])));
+    let (mut reporter, report, mut body) = two_workers_past_their_first_batch(1_000);
 
     // Worker 1's next report makes the held batch; worker 2's comes late.
     receive(&mut reporter, 11, 1, 2, &report, 1_001);

@@ -121,10 +121,18 @@ pub enum Variant {
     C,
     DRandom,
     DSticky,
+    /// (d) random again, from the module `--candidate-wasm` names: another
+    /// build of the filter, measured next to (d) in the same rounds.
+    ERandom,
+    /// (d) sticky from the candidate module.
+    ESticky,
 }
 
 impl Variant {
+    /// The variants the issue defines: the default set.
     pub const ALL: [Variant; 5] = [Variant::A, Variant::B, Variant::C, Variant::DRandom, Variant::DSticky];
+    /// Only with `--candidate-wasm`.
+    pub const CANDIDATES: [Variant; 2] = [Variant::ERandom, Variant::ESticky];
 
     pub fn id(self) -> &'static str {
         match self {
@@ -133,6 +141,8 @@ impl Variant {
             Variant::C => "c",
             Variant::DRandom => "d_random",
             Variant::DSticky => "d_sticky",
+            Variant::ERandom => "e_random",
+            Variant::ESticky => "e_sticky",
         }
     }
 
@@ -144,6 +154,8 @@ impl Variant {
             Variant::C => "(c) min splitter",
             Variant::DRandom => "(d) random",
             Variant::DSticky => "(d) sticky",
+            Variant::ERandom => "(e) candidate random",
+            Variant::ESticky => "(e) candidate sticky",
         }
     }
 
@@ -154,6 +166,8 @@ impl Variant {
             Variant::C => "(c)",
             Variant::DRandom => "(d) random",
             Variant::DSticky => "(d) sticky",
+            Variant::ERandom => "(e) random",
+            Variant::ESticky => "(e) sticky",
         }
     }
 
@@ -171,6 +185,9 @@ impl Variant {
             Variant::B => Some(&modules.noop),
             Variant::C => Some(&modules.splitter),
             Variant::DRandom | Variant::DSticky => Some(&modules.filter),
+            // Without a candidate module the variant cannot run; `check`
+            // says so before anything starts.
+            Variant::ERandom | Variant::ESticky => modules.candidate.as_deref(),
         }
     }
 
@@ -186,15 +203,19 @@ impl Variant {
         });
         match self {
             Variant::A | Variant::B | Variant::C => return String::new(),
-            Variant::DRandom => {}
-            Variant::DSticky => config["sticky"] = json!({ "header": STICKY_HEADER }),
+            Variant::DRandom | Variant::ERandom => {}
+            Variant::DSticky | Variant::ESticky => config["sticky"] = json!({ "header": STICKY_HEADER }),
         }
         config.to_string()
     }
 
     /// Needs the analyzer to be reachable (it reports).
     fn reports(self) -> bool {
-        matches!(self, Variant::DRandom | Variant::DSticky)
+        matches!(self, Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky)
+    }
+
+    fn is_candidate(self) -> bool {
+        Variant::CANDIDATES.contains(&self)
     }
 }
 
@@ -202,19 +223,23 @@ impl std::str::FromStr for Variant {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Variant::ALL
-            .into_iter()
-            .find(|variant| variant.id() == text)
-            .ok_or_else(|| format!("unknown variant {text:?}: expected one of a, b, c, d_random, d_sticky"))
+        Variant::ALL.into_iter().chain(Variant::CANDIDATES).find(|variant| variant.id() == text).ok_or_else(|| {
+            format!(
+                "unknown variant {text:?}: expected one of a, b, c, d_random, d_sticky, \
+                     or with --candidate-wasm e_random, e_sticky"
+            )
+        })
     }
 }
 
-/// The three wasm modules of (b), (c) and (d).
+/// The three wasm modules of (b), (c) and (d), and the candidate of (e).
 #[derive(Debug, Clone, Serialize)]
 pub struct WasmModules {
     pub noop: PathBuf,
     pub splitter: PathBuf,
     pub filter: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<PathBuf>,
 }
 
 impl WasmModules {
@@ -226,12 +251,18 @@ impl WasmModules {
             noop: wasm_dir.join("bench_noop_filter.wasm"),
             splitter: wasm_dir.join("bench_min_splitter.wasm"),
             filter: binaries.filter_wasm.clone(),
+            candidate: None,
         }
     }
 
     /// Fails, saying how to build them, when a module `variants` need is
     /// missing.
     pub fn check(&self, variants: &[Variant]) -> anyhow::Result<()> {
+        if let Some(variant) = variants.iter().find(|variant| variant.is_candidate())
+            && self.candidate.is_none()
+        {
+            bail!("variant {} runs the module --candidate-wasm names; none was given", variant.id());
+        }
         let missing: Vec<String> = variants
             .iter()
             .filter_map(|variant| variant.wasm(self))
@@ -298,6 +329,11 @@ pub struct OverheadArgs {
     /// Minimal splitter module (c) [default: target/wasm32-wasip1/release/bench_min_splitter.wasm].
     #[arg(long, env = "CANARY_BENCH_SPLITTER_WASM")]
     pub splitter_wasm: Option<PathBuf>,
+    /// Another build of the filter, run as variants e_random and e_sticky
+    /// with (d)'s configuration: to measure a filter change side by side
+    /// with the current build before it lands.
+    #[arg(long, env = "CANARY_BENCH_CANDIDATE_WASM")]
+    pub candidate_wasm: Option<PathBuf>,
     /// Results directory [default: bench/results/<YYYY-MM-DD>-<hostname>;
     /// smoke: under the target directory].
     #[arg(long)]
@@ -329,6 +365,7 @@ impl OverheadArgs {
                 noop: self.noop_wasm.clone().unwrap_or(modules.noop),
                 splitter: self.splitter_wasm.clone().unwrap_or(modules.splitter),
                 filter: modules.filter,
+                candidate: self.candidate_wasm.clone(),
             },
             smoke: self.smoke,
         }
@@ -371,7 +408,12 @@ impl OverheadOptions {
             rate_per_second: None,
             rate_fraction: 0.5,
             pin: true,
-            wasm: WasmModules { noop: PathBuf::new(), splitter: PathBuf::new(), filter: PathBuf::new() },
+            wasm: WasmModules {
+                noop: PathBuf::new(),
+                splitter: PathBuf::new(),
+                filter: PathBuf::new(),
+                candidate: None,
+            },
             smoke: false,
         }
     }
@@ -643,13 +685,17 @@ impl RatioSummary {
 }
 
 /// The ratios the results report, in this order, when both sides ran.
-const RATIOS: [(Variant, Variant); 6] = [
+const RATIOS: [(Variant, Variant); 10] = [
     (Variant::DRandom, Variant::C),
     (Variant::DSticky, Variant::C),
     (Variant::DRandom, Variant::A),
     (Variant::DSticky, Variant::A),
     (Variant::B, Variant::A),
     (Variant::C, Variant::A),
+    (Variant::ERandom, Variant::DRandom),
+    (Variant::ESticky, Variant::DSticky),
+    (Variant::ERandom, Variant::C),
+    (Variant::ESticky, Variant::C),
 ];
 
 /// The [`RATIOS`] whose both sides ran.
@@ -723,11 +769,15 @@ pub fn generator_build_profile() -> &'static str {
 
 /// The modules of (b), (c), (d) as artifacts (path, size, time).
 pub fn wasm_artifacts(modules: &WasmModules) -> BTreeMap<&'static str, Artifact> {
-    BTreeMap::from([
+    let mut artifacts = BTreeMap::from([
         ("b_noop", Artifact::at(&modules.noop)),
         ("c_splitter", Artifact::at(&modules.splitter)),
         ("d_canary_filter", Artifact::at(&modules.filter)),
-    ])
+    ]);
+    if let Some(candidate) = &modules.candidate {
+        artifacts.insert("e_candidate_filter", Artifact::at(candidate));
+    }
+    artifacts
 }
 
 async fn run_in(
@@ -784,7 +834,10 @@ async fn run_in(
 fn validate_variants(binaries: &Binaries, modules: &WasmModules, dir: &Path) -> anyhow::Result<Vec<Validation>> {
     let placeholder = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
     let mut validation = Vec::new();
-    for variant in Variant::ALL {
+    for variant in Variant::ALL.into_iter().chain(Variant::CANDIDATES) {
+        if variant.is_candidate() && modules.candidate.is_none() {
+            continue;
+        }
         if variant.wasm(modules).is_some_and(|path| !path.is_file()) {
             // Not needed by this run (checked before) and not built.
             continue;
@@ -1063,8 +1116,13 @@ pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
 /// The issue's limit on `numerator / denominator`, if it sets one.
 fn target_of(numerator: Variant, denominator: Variant) -> Option<f64> {
     match (numerator, denominator) {
-        (Variant::DRandom | Variant::DSticky, Variant::C) => Some(TARGET_D_OVER_C),
-        (Variant::DRandom | Variant::DSticky, Variant::A) => Some(TARGET_D_OVER_A),
+        // A candidate is judged as (d) would be.
+        (Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky, Variant::C) => {
+            Some(TARGET_D_OVER_C)
+        }
+        (Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky, Variant::A) => {
+            Some(TARGET_D_OVER_A)
+        }
         _ => None,
     }
 }

@@ -139,7 +139,7 @@ fn link_or_copy(target: &Path, link: &Path) -> Result<()> {
 
 /// Adds the wasm targets that `rust-toolchain.toml` lists to the pinned
 /// toolchain when they are missing.
-fn rust_targets(paths: &Paths) -> Result<()> {
+pub fn rust_targets(paths: &Paths) -> Result<()> {
     let file_path = paths.root.join("rust-toolchain.toml");
     let file = std::fs::read_to_string(&file_path).with_context(|| format!("reading {}", file_path.display()))?;
     let toolchain = toolchain::parse(&file)?;

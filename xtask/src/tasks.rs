@@ -19,6 +19,9 @@ pub const DEMO_BACKEND_BIN: &str = "DEMO_BACKEND_BIN";
 pub const CANARY_FILTER_PANIC_WASM: &str = "CANARY_FILTER_PANIC_WASM";
 
 pub fn build(paths: &Paths) -> Result<()> {
+    // On a fresh machine the wasm target is the one thing the build needs
+    // that rustup does not add by itself.
+    install::rust_targets(paths).context("installing the rust targets")?;
     build_filter(paths)?;
     build_native(paths)
 }

@@ -26,7 +26,7 @@ pub fn validate(paths: &Paths) -> Result<()> {
     let started = Instant::now();
     // Idempotent and cheap once done; no Envoy needed here.
     let tools = install::k8s_tools_only(paths)?;
-    cmd::run(&mut tasks::release_filter_build(paths))?;
+    tasks::build_release_filter(paths)?;
     oci::check_manifests(paths, &paths.filter_wasm())?;
     cmd::run(
         tasks::cargo(paths).args(["test", "-p", "canary-tests", "--test", "manifests"]).env(CANARY_K8S_TOOLS, &tools),

@@ -25,6 +25,7 @@ mod pipeline;
 mod soak;
 mod tasks;
 mod toolchain;
+mod wasm_exports;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

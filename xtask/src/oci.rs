@@ -31,7 +31,7 @@ use flate2::write::GzEncoder;
 use flate2::{Compression, GzBuilder};
 use serde_json::{Value, json};
 
-use crate::{Paths, cmd, digest, tasks};
+use crate::{Paths, digest, tasks};
 
 /// The repository name the image is written and pushed under.
 pub const IMAGE_NAME: &str = "canary-filter";
@@ -71,7 +71,7 @@ pub fn oci(paths: &Paths, args: &[String]) -> Result<()> {
     let args = OciArgs::parse(args)?;
     // Only the release module; `tasks::build_filter` would also build the
     // test-only panicking variant, which no image carries.
-    cmd::run(&mut tasks::release_filter_build(paths))?;
+    tasks::build_release_filter(paths)?;
     let wasm = paths.filter_wasm();
     let module = std::fs::read(&wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let image = build_image(&module, &args.tag)?;

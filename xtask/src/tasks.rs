@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::install::{self, Tools};
 use crate::pipeline::Pipeline;
-use crate::{Paths, bench, cmd, fuzz, soak};
+use crate::{Paths, bench, cmd, fuzz, soak, wasm_exports};
 
 /// Environment variables through which the integration tests and the demo
 /// find the artifacts, all absolute paths.
@@ -28,7 +28,7 @@ pub fn build(paths: &Paths) -> Result<()> {
 
 /// The filter as Envoy loads it: release profile (LTO, `panic = "abort"`).
 pub fn build_filter(paths: &Paths) -> Result<()> {
-    cmd::run(&mut release_filter_build(paths))?;
+    build_release_filter(paths)?;
     let wasm = paths.filter_wasm();
     let bytes =
         std::fs::metadata(&wasm).with_context(|| format!("the build did not produce {}", wasm.display()))?.len();
@@ -42,7 +42,16 @@ pub fn build_filter(paths: &Paths) -> Result<()> {
             .args(["--features", "test-panic", "--target-dir"])
             .arg(&panic_target)
             .args(reproducible_wasm_flags(cargo_home().as_deref())),
-    )
+    )?;
+    wasm_exports::prune_filter_in_place(&panic_target.join("wasm32-wasip1/release/canary_filter.wasm"))
+}
+
+/// The release filter as every consumer gets it (Envoy in the tests and the
+/// demo, the OCI image): Cargo's build, then its unused per-request
+/// callbacks dropped from the exports in place ([`wasm_exports`]).
+pub fn build_release_filter(paths: &Paths) -> Result<()> {
+    cmd::run(&mut release_filter_build(paths))?;
+    wasm_exports::prune_filter_in_place(&paths.filter_wasm())
 }
 
 /// `cargo build` of the release filter, with its bytes independent of the
@@ -57,7 +66,7 @@ pub fn build_filter(paths: &Paths) -> Result<()> {
 /// `/cargo` removes it. Cargo's `trim-paths`, which would do this in the
 /// profile, is still unstable; `--config` rather than RUSTFLAGS so a path
 /// with spaces survives. (An explicit RUSTFLAGS replaces these flags.)
-pub fn release_filter_build(paths: &Paths) -> Command {
+fn release_filter_build(paths: &Paths) -> Command {
     let mut command = cargo(paths);
     command.args(["build", "-p", "canary-filter", "--target", "wasm32-wasip1", "--release"]);
     command.args(reproducible_wasm_flags(cargo_home().as_deref()));

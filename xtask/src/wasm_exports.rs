@@ -1,0 +1,233 @@
+//! Drops the per-request callbacks the filter does not implement from the
+//! exports of its module.
+//!
+//! Why: the proxy-wasm Rust SDK exports every `proxy_on_*` callback of the
+//! ABI, and Envoy enters the VM for each exported one on every request,
+//! whether or not the filter overrides it: `proxy_on_response_headers`,
+//! `proxy_on_response_body` once per body chunk, and so on. Envoy skips a
+//! callback the module does not export and carries on as if it had returned
+//! `Continue`. Each entry costs about 1.5% of Envoy's CPU per request, side
+//! by side at the overhead benchmark's rate (`bench/README.md`), more than
+//! the split itself. The SDK offers no switch for its exports, and writing
+//! the ABI glue by hand would need `unsafe`, which the workspace forbids.
+//!
+//! The pruning is done with `wasmparser` and `wasm-encoder`: every section is
+//! copied byte for byte except the export section, which is re-encoded
+//! without the pruned names. Pruning an already pruned module is a no-op, so
+//! the build may run it on Cargo's output in place.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
+use wasmparser::{ExternalKind, Parser, Payload};
+
+/// Callbacks of an HTTP context that the filter does not implement, each
+/// with the SDK trait method that would implement it. Envoy would call each
+/// for every request (the bodies for every chunk) only to get the SDK's
+/// default `Continue`. A callback the filter starts to implement must leave
+/// this list, or it will never run; the test
+/// `no_pruned_callback_is_implemented_by_the_filter` looks for the methods
+/// in `filter/src/`.
+pub const PRUNED: [(&str, &str); 5] = [
+    ("proxy_on_request_body", "on_http_request_body"),
+    ("proxy_on_request_trailers", "on_http_request_trailers"),
+    ("proxy_on_response_headers", "on_http_response_headers"),
+    ("proxy_on_response_body", "on_http_response_body"),
+    ("proxy_on_response_trailers", "on_http_response_trailers"),
+];
+
+/// Callbacks the filter implements and the module must keep exporting.
+pub const KEPT_CALLBACKS: [&str; 11] = [
+    "proxy_on_memory_allocate",
+    "proxy_on_vm_start",
+    "proxy_on_configure",
+    "proxy_on_context_create",
+    "proxy_on_request_headers",
+    "proxy_on_log",
+    "proxy_on_done",
+    "proxy_on_delete",
+    "proxy_on_tick",
+    "proxy_on_queue_ready",
+    "proxy_on_http_call_response",
+];
+
+/// What [`prune`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pruned {
+    /// These exports were dropped.
+    Dropped(Vec<String>),
+    /// None of the names was exported: the module was already pruned.
+    AlreadyPruned,
+}
+
+/// `module` without the exports named in `names`. Fails if it exports some
+/// of `names` but not all, which means the list no longer matches the
+/// module (e.g. an SDK update renamed a callback), or if `module` is not a
+/// valid wasm module.
+pub fn prune(module: &[u8], names: &[&str]) -> Result<(Vec<u8>, Pruned)> {
+    let mut out = Module::new();
+    let mut dropped = Vec::new();
+    for payload in Parser::new(0).parse_all(module) {
+        let payload = payload.context("parsing the wasm module")?;
+        if let Payload::ExportSection(reader) = &payload {
+            let mut exports = ExportSection::new();
+            for export in reader.clone() {
+                let export = export.context("reading the export section")?;
+                if names.contains(&export.name) {
+                    dropped.push(export.name.to_owned());
+                } else {
+                    exports.export(export.name, export_kind(export.kind)?, export.index);
+                }
+            }
+            out.section(&exports);
+        } else if let Some((id, range)) = payload.as_section() {
+            out.section(&RawSection { id, data: &module[range] });
+        }
+    }
+    if dropped.is_empty() {
+        return Ok((module.to_vec(), Pruned::AlreadyPruned));
+    }
+    if dropped.len() != names.len() {
+        let missing: Vec<&str> = names.iter().copied().filter(|name| !dropped.iter().any(|d| d == name)).collect();
+        bail!("the module exports {dropped:?} but not {missing:?}: the list of callbacks to prune is out of date");
+    }
+    Ok((out.finish(), Pruned::Dropped(dropped)))
+}
+
+/// The exports of `module`, by name.
+pub fn export_names(module: &[u8]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for payload in Parser::new(0).parse_all(module) {
+        if let Payload::ExportSection(reader) = payload.context("parsing the wasm module")? {
+            for export in reader {
+                names.push(export.context("reading the export section")?.name.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Prunes the filter module at `path` in place ([`PRUNED`]) and checks
+/// that it still exports [`KEPT_CALLBACKS`].
+pub fn prune_filter_in_place(path: &Path) -> Result<()> {
+    let module = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let names: Vec<&str> = PRUNED.iter().map(|(export, _)| *export).collect();
+    let (pruned, outcome) =
+        prune(&module, &names).with_context(|| format!("pruning the exports of {}", path.display()))?;
+    let exports = export_names(&pruned)?;
+    let lost: Vec<&str> = KEPT_CALLBACKS.into_iter().filter(|name| !exports.iter().any(|e| e == name)).collect();
+    ensure!(lost.is_empty(), "{} does not export {lost:?}, which the filter needs", path.display());
+    if let Pruned::Dropped(dropped) = outcome {
+        std::fs::write(path, &pruned).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("filter: dropped the unused exports {}", dropped.join(", "));
+    }
+    Ok(())
+}
+
+fn export_kind(kind: ExternalKind) -> Result<ExportKind> {
+    Ok(match kind {
+        ExternalKind::Func => ExportKind::Func,
+        ExternalKind::Table => ExportKind::Table,
+        ExternalKind::Memory => ExportKind::Memory,
+        ExternalKind::Global => ExportKind::Global,
+        ExternalKind::Tag => ExportKind::Tag,
+        other => bail!("an export of kind {other:?}, which this pruning does not know"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use wasm_encoder::{CodeSection, CustomSection, Function, FunctionSection, Instruction, TypeSection};
+
+    use super::*;
+
+    /// A module with one function exported under each of `names`, and a
+    /// custom section.
+    fn module_exporting(names: &[&str]) -> Vec<u8> {
+        let mut module = Module::new();
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        module.section(&types);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        module.section(&functions);
+        let mut exports = ExportSection::new();
+        for name in names {
+            exports.export(name, ExportKind::Func, 0);
+        }
+        module.section(&exports);
+        let mut code = CodeSection::new();
+        let mut body = Function::new([]);
+        body.instruction(&Instruction::End);
+        code.function(&body);
+        module.section(&code);
+        module.section(&CustomSection { name: "producers".into(), data: b"kept".as_slice().into() });
+        module.finish()
+    }
+
+    #[test]
+    fn drops_exactly_the_named_exports_and_keeps_every_other_byte() {
+        let module = module_exporting(&["proxy_on_log", "proxy_on_response_body", "proxy_on_done"]);
+        let (pruned, outcome) = prune(&module, &["proxy_on_response_body"]).unwrap();
+        assert_eq!(outcome, Pruned::Dropped(vec!["proxy_on_response_body".to_owned()]));
+        assert_eq!(export_names(&pruned).unwrap(), ["proxy_on_log", "proxy_on_done"]);
+        wasmparser::validate(&pruned).unwrap();
+        // The same module but for the export: every other section is
+        // copied as it was, custom ones included.
+        assert_eq!(pruned, module_exporting(&["proxy_on_log", "proxy_on_done"]));
+    }
+
+    #[test]
+    fn pruning_twice_changes_nothing() {
+        let module = module_exporting(&["proxy_on_log", "proxy_on_response_body"]);
+        let (once, _) = prune(&module, &["proxy_on_response_body"]).unwrap();
+        let (twice, outcome) = prune(&once, &["proxy_on_response_body"]).unwrap();
+        assert_eq!(outcome, Pruned::AlreadyPruned);
+        assert_eq!(twice, once);
+    }
+
+    #[test]
+    fn a_list_that_no_longer_matches_the_module_is_an_error() {
+        let module = module_exporting(&["proxy_on_log", "proxy_on_response_body"]);
+        let error = prune(&module, &["proxy_on_response_body", "proxy_on_renamed"]).unwrap_err();
+        assert!(format!("{error:#}").contains("proxy_on_renamed"), "{error:#}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let names = ["proxy_on_response_body"];
+        let error = prune(b"\0asm\x01\0\0\0\x07\xff", &names).unwrap_err();
+        assert!(format!("{error:#}").contains("parsing the wasm module"), "{error:#}");
+        assert!(prune(b"not wasm", &names).is_err());
+    }
+
+    #[test]
+    fn no_pruned_callback_is_implemented_by_the_filter() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../filter/src");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|ext| ext != "rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            read += 1;
+            for (export, method) in PRUNED {
+                assert!(
+                    !source.contains(&format!("fn {method}(")),
+                    "{} implements {method}, but the build prunes its export {export}: take it out of PRUNED",
+                    path.display()
+                );
+            }
+        }
+        assert!(read > 0, "no source files in {}", dir.display());
+    }
+
+    #[test]
+    fn the_pruned_and_the_kept_callbacks_do_not_overlap() {
+        for (name, _) in PRUNED {
+            assert!(!KEPT_CALLBACKS.contains(&name), "{name} is both pruned and kept");
+        }
+    }
+}

@@ -30,7 +30,8 @@
 //!
 //! Then `--side-by-side-rounds` rounds start every variant's Envoy at once
 //! (on the same CPU when pinned), each under its own open loop at the fixed
-//! rate over the number of variants, read over one window: a ratio within
+//! rate over the number of variants, halved until a probe round keeps up
+//! (below saturation), read over one window: a ratio within
 //! such a round cancels the machine's drift between sequential rounds,
 //! which on a shared VM is larger than the 5% the (d)/(c) target resolves.
 //!
@@ -316,8 +317,8 @@ pub struct OverheadArgs {
     #[arg(long)]
     pub rate_fraction: Option<f64>,
     /// Side-by-side rounds per concurrency: every variant's Envoy at once,
-    /// each at the fixed rate divided by the number of variants; 0 skips
-    /// them [default: 10; smoke: 1].
+    /// each at the fixed rate divided by the number of variants, halved
+    /// until a probe round keeps up; 0 skips them [default: 10; smoke: 1].
     #[arg(long)]
     pub side_by_side_rounds: Option<usize>,
     /// Do not pin at concurrency 1 (smoke never pins).
@@ -516,11 +517,53 @@ pub struct ConcurrencyRun {
     pub ratios: Vec<RatioSummary>,
     pub samples: Vec<VariantRound>,
     /// Each variant's rate in the side-by-side rounds: the fixed rate
-    /// divided by the number of variants, so Envoy's CPU carries the same
-    /// load as in a fixed-rate phase.
+    /// divided by the number of variants, halved until a probe round kept
+    /// up (see `side_by_side_probes`).
     pub side_by_side_rate_per_second: f64,
+    /// The probe rounds that chose that rate, in order; the last one kept
+    /// up unless every one of the [`SIDE_BY_SIDE_PROBES`] failed to.
+    pub side_by_side_probes: Vec<SideBySideProbe>,
     pub side_by_side: Vec<SideBySideRound>,
     pub side_by_side_ratios: Vec<SideBySideRatio>,
+}
+
+/// At most this many probe rounds choose the side-by-side rate, halving it
+/// each time: down to an eighth of the shared fixed rate.
+const SIDE_BY_SIDE_PROBES: usize = 4;
+/// A probe round keeps up when every Envoy served at least this share of
+/// its intended rate in the window…
+const KEEP_UP_RATE_SHARE: f64 = 0.97;
+/// …and the open loop's p99, from the intended send time, stayed under
+/// this: a saturated core queues requests for hundreds of milliseconds,
+/// one below saturation answers these backends in a few.
+const KEEP_UP_P99_US: u64 = 50_000;
+
+/// One probe round of the side-by-side rate (same shape as a round).
+#[derive(Debug, Clone, Serialize)]
+pub struct SideBySideProbe {
+    pub rate_per_second: f64,
+    pub kept_up: bool,
+    /// The lowest share of the intended rate an Envoy served.
+    pub lowest_rate_share: f64,
+    /// The highest open-loop p99 of an Envoy, µs.
+    pub highest_p99_us: Option<u64>,
+}
+
+impl SideBySideProbe {
+    fn of(rate_per_second: f64, samples: &[SideBySideSample]) -> Self {
+        let lowest_rate_share = samples
+            .iter()
+            .map(|sample| sample.fixed_rate.requests_per_second / rate_per_second)
+            .fold(f64::INFINITY, f64::min);
+        let highest_p99_us = samples
+            .iter()
+            .map(|sample| sample.fixed_rate.generator.latency.as_ref().map(|latency| latency.p99_us))
+            .try_fold(0, |highest, p99| p99.map(|p99| highest.max(p99)));
+        let kept_up = !samples.is_empty()
+            && lowest_rate_share >= KEEP_UP_RATE_SHARE
+            && highest_p99_us.is_some_and(|p99| p99 <= KEEP_UP_P99_US);
+        Self { rate_per_second, kept_up, lowest_rate_share, highest_p99_us }
+    }
 }
 
 /// One side-by-side round: a fresh Envoy per variant, all running at once
@@ -954,27 +997,58 @@ async fn run_concurrency(
             samples.push(VariantRound { variant, round, saturation, fixed_rate, envoy_sync_failures });
         }
     }
-    let side_by_side_rate_per_second = fixed_rate_per_second / options.variants.len().max(1) as f64;
-    let mut side_by_side = Vec::new();
-    for round in 1..=options.side_by_side_rounds {
+    // Every Envoy on one core costs more per request than one alone
+    // (shared caches, more wake-ups), so the fixed rate shared among the
+    // variants can saturate that core, and a saturated round measures
+    // batching, not the cost at a fixed rate: probe, and halve the rate
+    // until all of them keep up.
+    let mut side_by_side_rate_per_second = fixed_rate_per_second / options.variants.len().max(1) as f64;
+    let mut side_by_side_probes = Vec::new();
+    let start_all = async |label: &str, round: usize| -> anyhow::Result<Vec<(Variant, VariantEnvoy)>> {
         // Rotating the start order keeps any advantage of starting (or
         // being read) first from always going to the same variant.
         let mut order = options.variants.clone();
-        let shift = (round - 1) % order.len().max(1);
+        let shift = round.saturating_sub(1) % order.len().max(1);
         order.rotate_left(shift);
+        let mut envoys = Vec::new();
+        for variant in order {
+            let name = format!("{label}-{round}");
+            envoys.push((variant, rig.start_envoy(variant, &options.wasm, concurrency, pinned, &name).await?));
+        }
+        Ok(envoys)
+    };
+    if options.side_by_side_rounds > 0 {
+        for probe in 1..=SIDE_BY_SIDE_PROBES {
+            report::progress(
+                "overhead",
+                &format!(
+                    "conc {concurrency} side by side, probe {probe}: {} Envoys at {side_by_side_rate_per_second:.0} \
+                     req/s each",
+                    options.variants.len()
+                ),
+            );
+            let envoys = start_all("side-by-side-probe", probe).await?;
+            let samples = phases.side_by_side(&envoys, side_by_side_rate_per_second).await?;
+            let outcome = SideBySideProbe::of(side_by_side_rate_per_second, &samples);
+            let kept_up = outcome.kept_up;
+            side_by_side_probes.push(outcome);
+            if kept_up || probe == SIDE_BY_SIDE_PROBES {
+                break;
+            }
+            side_by_side_rate_per_second /= 2.0;
+        }
+    }
+    let mut side_by_side = Vec::new();
+    for round in 1..=options.side_by_side_rounds {
         report::progress(
             "overhead",
             &format!(
                 "conc {concurrency} side by side {round}/{}: {} Envoys at {side_by_side_rate_per_second:.0} req/s each",
                 options.side_by_side_rounds,
-                order.len()
+                options.variants.len()
             ),
         );
-        let mut envoys = Vec::new();
-        for &variant in &order {
-            let name = format!("side-by-side-{round}");
-            envoys.push((variant, rig.start_envoy(variant, &options.wasm, concurrency, pinned, &name).await?));
-        }
+        let envoys = start_all("side-by-side", round).await?;
         let mut round_samples = phases.side_by_side(&envoys, side_by_side_rate_per_second).await?;
         round_samples.sort_by_key(|sample| options.variants.iter().position(|&variant| variant == sample.variant));
         side_by_side.push(SideBySideRound { round, samples: round_samples });
@@ -1012,9 +1086,18 @@ async fn run_concurrency(
         ratios,
         samples,
         side_by_side_rate_per_second,
+        side_by_side_probes,
         side_by_side,
         side_by_side_ratios,
     })
+}
+
+impl ConcurrencyRun {
+    /// The last probe kept up, so the side-by-side rounds ran below
+    /// saturation.
+    pub fn side_by_side_kept_up(&self) -> bool {
+        self.side_by_side_probes.last().is_some_and(|probe| probe.kept_up)
+    }
 }
 
 impl VariantSummary {
@@ -1098,8 +1181,15 @@ pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
         for ratio in &run.side_by_side_ratios {
             let Some(limit) = target_of(ratio.numerator, ratio.denominator) else { continue };
             let Some(spread) = ratio.spread else { continue };
+            // Said in the verdict itself: a saturated round is no longer
+            // the fixed-rate measurement the line claims.
+            let rate = if run.side_by_side_kept_up() {
+                format!("at {:.0} req/s each", run.side_by_side_rate_per_second)
+            } else {
+                "saturated (no probe rate kept up)".to_owned()
+            };
             let quantity = format!(
-                "{} CPU per request, side by side at a fixed rate, concurrency {} ({} rounds)",
+                "{} CPU per request, side by side {rate}, concurrency {} ({} rounds)",
                 ratio.label(),
                 run.concurrency,
                 ratio.by_round.len()
@@ -1750,21 +1840,52 @@ pub fn markdown(result: &OverheadResult) -> String {
         out.push_str(&ratio_table(run));
         out.push('\n');
         if !run.side_by_side.is_empty() {
-            let _ = writeln!(
-                out,
-                "### Side by side\n\n{} rounds, each with a fresh Envoy per variant, all running at once{}, each \
-                 under its own open loop at {:.0} req/s (the fixed rate over {} variants), measured over one window. \
-                 A ratio is taken within a round, so the machine's drift between rounds cancels.\n",
-                run.side_by_side.len(),
-                if run.pinned { format!(" on CPU {ENVOY_CPU}") } else { String::new() },
-                run.side_by_side_rate_per_second,
-                run.side_by_side.first().map_or(0, |round| round.samples.len()),
-            );
-            out.push_str(&side_by_side_table(run));
-            out.push('\n');
+            out.push_str(&side_by_side_section(run));
         }
     }
     out
+}
+
+/// The side-by-side part of a concurrency's Markdown.
+fn side_by_side_section(run: &ConcurrencyRun) -> String {
+    format!(
+        "### Side by side\n\n{} rounds, each with a fresh Envoy per variant, all running at once{}, each under its \
+         own open loop at {:.0} req/s, measured over one window. A ratio is taken within a round, so the machine's \
+         drift between rounds cancels.\n\n{}\n\n{}\n",
+        run.side_by_side.len(),
+        if run.pinned { format!(" on CPU {ENVOY_CPU}") } else { String::new() },
+        run.side_by_side_rate_per_second,
+        probe_sentence(run),
+        side_by_side_table(run),
+    )
+}
+
+/// How the side-by-side rate was chosen, in words.
+fn probe_sentence(run: &ConcurrencyRun) -> String {
+    let tried: Vec<String> = run
+        .side_by_side_probes
+        .iter()
+        .map(|probe| {
+            format!(
+                "{:.0} req/s each: lowest served share {:.3}, highest p99 {}{}",
+                probe.rate_per_second,
+                probe.lowest_rate_share,
+                probe.highest_p99_us.map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3)),
+                if probe.kept_up { ", kept up" } else { "" }
+            )
+        })
+        .collect();
+    let rule = format!(
+        "The rate starts at the fixed rate over the number of variants and halves until one probe round keeps up: \
+         every Envoy serves at least {KEEP_UP_RATE_SHARE} of its rate with an open-loop p99 of at most {} ms.",
+        KEEP_UP_P99_US / 1_000
+    );
+    let verdict = if run.side_by_side_kept_up() {
+        String::new()
+    } else {
+        " **No probe kept up: the rounds ran saturated.**".to_owned()
+    };
+    format!("{rule} Probes: {}.{verdict}", tried.join("; "))
 }
 
 /// Each variant's samples over the side-by-side rounds, in variant order.
@@ -2050,6 +2171,7 @@ mod tests {
             ],
             samples,
             side_by_side_rate_per_second: 0.0,
+            side_by_side_probes: Vec::new(),
             side_by_side: Vec::new(),
             side_by_side_ratios: Vec::new(),
         };
@@ -2063,6 +2185,31 @@ mod tests {
         // (d)/(a) by round: 1.21, 0.515, 1.04: median 1.04.
         assert!(verdicts[2].met);
         assert_eq!(verdicts[2].limit, TARGET_D_OVER_A);
+    }
+
+    #[test]
+    fn a_probe_keeps_up_only_when_every_envoy_served_its_rate_promptly() {
+        let sample = |variant: Variant, requests_per_second: f64, p99_us: Option<u64>| {
+            let mut fixed_rate = phase(100.0);
+            fixed_rate.requests_per_second = requests_per_second;
+            fixed_rate.generator.latency =
+                p99_us.map(|p99_us| LatencySummary { count: 1, p50_us: 1, p90_us: 1, p99_us, p999_us: 1, max_us: 1 });
+            SideBySideSample { variant, fixed_rate }
+        };
+        let prompt = [sample(Variant::C, 995.0, Some(4_000)), sample(Variant::DRandom, 990.0, Some(6_000))];
+        let probe = SideBySideProbe::of(1_000.0, &prompt);
+        assert!(probe.kept_up, "{probe:?}");
+        assert_eq!(probe.highest_p99_us, Some(6_000));
+        assert!((probe.lowest_rate_share - 0.99).abs() < 1e-9);
+        // One Envoy behind its rate, or queueing, or without a latency
+        // summary is enough to fail the probe.
+        let behind = [sample(Variant::C, 995.0, Some(4_000)), sample(Variant::DRandom, 950.0, Some(6_000))];
+        assert!(!SideBySideProbe::of(1_000.0, &behind).kept_up);
+        let queueing = [sample(Variant::C, 995.0, Some(4_000)), sample(Variant::DRandom, 990.0, Some(300_000))];
+        assert!(!SideBySideProbe::of(1_000.0, &queueing).kept_up);
+        let unknown = [sample(Variant::C, 995.0, None)];
+        assert!(!SideBySideProbe::of(1_000.0, &unknown).kept_up);
+        assert!(!SideBySideProbe::of(1_000.0, &[]).kept_up);
     }
 
     fn side_by_side_round(round: usize, cpu: &[(Variant, f64)]) -> SideBySideRound {
@@ -2106,6 +2253,20 @@ mod tests {
             ratios: Vec::new(),
             samples: Vec::new(),
             side_by_side_rate_per_second: 1_000.0,
+            side_by_side_probes: vec![
+                SideBySideProbe {
+                    rate_per_second: 2_000.0,
+                    kept_up: false,
+                    lowest_rate_share: 0.8,
+                    highest_p99_us: None,
+                },
+                SideBySideProbe {
+                    rate_per_second: 1_000.0,
+                    kept_up: true,
+                    lowest_rate_share: 0.99,
+                    highest_p99_us: Some(3_000),
+                },
+            ],
             side_by_side_ratios: vec![ratio, SideBySideRatio::of(Variant::DRandom, Variant::A, &rounds), floor],
             side_by_side: rounds,
         };
@@ -2113,9 +2274,22 @@ mod tests {
         assert_eq!(verdicts.len(), 2, "(d)/(c) and (d)/(a); (c)/(a) has no target");
         assert_eq!(
             verdicts[0].line(),
-            "overhead: (d) random/(c) CPU per request, side by side at a fixed rate, concurrency 2 (2 rounds) 1.02× \
+            "overhead: (d) random/(c) CPU per request, side by side at 1000 req/s each, concurrency 2 (2 rounds) 1.02× \
              [min 1.02, max 1.04] ≤ 1.05× MET"
         );
+        let markdown = side_by_side_section(&run);
+        assert!(markdown.contains("2000 req/s each: lowest served share 0.800, highest p99 none; 1000 req/s each"));
+
+        // When even the last probe did not keep up, every verdict says so.
+        let mut saturated = run.clone();
+        saturated.side_by_side_probes.pop();
+        let saturated_verdicts = super::verdicts(std::slice::from_ref(&saturated));
+        assert!(
+            saturated_verdicts[0].quantity.contains("side by side saturated (no probe rate kept up)"),
+            "{:?}",
+            saturated_verdicts[0]
+        );
+        assert!(side_by_side_section(&saturated).contains("No probe kept up"));
         assert_eq!(verdicts[1].limit, TARGET_D_OVER_A);
         let table = side_by_side_table(&run);
         assert!(table.contains("| (d) random/(c) | 1.020 [1.020–1.040] | 1.020, 1.040 |"), "{table}");

@@ -210,7 +210,8 @@ impl Variant {
         config.to_string()
     }
 
-    /// Needs the analyzer to be reachable (it reports).
+    /// The canary filter, (d) or its candidate (e): needs the analyzer to be
+    /// reachable (it reports).
     fn reports(self) -> bool {
         matches!(self, Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky)
     }
@@ -1205,14 +1206,13 @@ pub fn verdicts(runs: &[ConcurrencyRun]) -> Vec<Verdict> {
 
 /// The limit on `numerator / denominator`, if it sets one.
 fn target_of(numerator: Variant, denominator: Variant) -> Option<f64> {
-    match (numerator, denominator) {
-        // A candidate is judged as (d) would be.
-        (Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky, Variant::C) => {
-            Some(TARGET_D_OVER_C)
-        }
-        (Variant::DRandom | Variant::DSticky | Variant::ERandom | Variant::ESticky, Variant::A) => {
-            Some(TARGET_D_OVER_A)
-        }
+    // The canary filter: (d), and its candidate (e), judged as (d) would be.
+    if !numerator.reports() {
+        return None;
+    }
+    match denominator {
+        Variant::C => Some(TARGET_D_OVER_C),
+        Variant::A => Some(TARGET_D_OVER_A),
         _ => None,
     }
 }

@@ -43,7 +43,7 @@ pub fn build_filter(paths: &Paths) -> Result<()> {
             .arg(&panic_target)
             .args(reproducible_wasm_flags(cargo_home().as_deref())),
     )?;
-    wasm_exports::prune_filter_in_place(&panic_target.join("wasm32-wasip1/release/canary_filter.wasm"))
+    wasm_exports::prune_filter_in_place(&filter_panic_wasm(paths))
 }
 
 /// The release filter as every consumer gets it (Envoy in the tests and the
@@ -96,6 +96,11 @@ fn cargo_home() -> Option<PathBuf> {
 /// Where the `test-panic` filter build lives.
 fn filter_panic_target(paths: &Paths) -> PathBuf {
     paths.target.join("filter-test-panic")
+}
+
+/// The module of the test-only panicking build.
+fn filter_panic_wasm(paths: &Paths) -> PathBuf {
+    filter_panic_target(paths).join("wasm32-wasip1").join("release").join("canary_filter.wasm")
 }
 
 /// The analyzer and the test crate's binaries (`demo-backend`, `canary-demo`).
@@ -266,10 +271,7 @@ pub fn artifact_env(paths: &Paths, tools: &Tools) -> Vec<(&'static str, PathBuf)
         (CANARY_FILTER_WASM, paths.filter_wasm()),
         (CANARY_ANALYZER_BIN, paths.debug_bin("canary-analyzer")),
         (DEMO_BACKEND_BIN, paths.debug_bin("demo-backend")),
-        (
-            CANARY_FILTER_PANIC_WASM,
-            filter_panic_target(paths).join("wasm32-wasip1").join("release").join("canary_filter.wasm"),
-        ),
+        (CANARY_FILTER_PANIC_WASM, filter_panic_wasm(paths)),
     ]
 }
 

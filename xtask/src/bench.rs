@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use crate::install::{self, Tools};
 use crate::tasks::{self, artifact_env, cargo};
-use crate::{Paths, cmd};
+use crate::{Paths, cmd, wasm_exports};
 
 /// Every benchmark, in the order a full run takes them: the data plane first,
 /// while the machine is coolest, and the long analyzer runs last.
@@ -76,9 +76,14 @@ fn build(paths: &Paths, smoke: bool) -> Result<()> {
     cmd::run(&mut command)
 }
 
-/// Variants (b) and (c) of the overhead benchmark, built like the filter.
+/// Variants (b) and (c) of the overhead benchmark, built like the filter:
+/// Cargo's release build, then pruned down to the callbacks each
+/// implements ([`wasm_exports`]).
 pub fn build_wasm_floors(paths: &Paths) -> Result<()> {
-    cmd::run(cargo(paths).args(["build", "--release", "--target", "wasm32-wasip1"]).args(WASM_FLOORS))
+    cmd::run(cargo(paths).args(["build", "--release", "--target", "wasm32-wasip1"]).args(WASM_FLOORS))?;
+    let dir = paths.target.join("wasm32-wasip1").join("release");
+    wasm_exports::prune_in_place(&dir.join("bench_noop_filter.wasm"), &wasm_exports::NOOP_FLOOR)?;
+    wasm_exports::prune_in_place(&dir.join("bench_min_splitter.wasm"), &wasm_exports::SPLITTER_FLOOR)
 }
 
 /// The `canary-bench` arguments of each run of benchmark `name`: one run;

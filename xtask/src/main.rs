@@ -37,7 +37,8 @@ usage: cargo xtask <command> [args]
 
 commands:
   install      set up the toolchain targets, Envoy, wasm-bindgen-test-runner and Node (idempotent)
-  build        build the filter (.wasm, release) and the native binaries (debug)
+  build        build the filter and the overhead benchmark's two wasm floors (.wasm, release, unused
+               callback exports pruned) and the native binaries (debug)
   test         install, then fmt, build, clippy (host and wasm32-wasip1), tests (host, then protocol on
                wasm), then a seconds-long smoke of every benchmark but detection
   demo [ARGS]  install, build, then run target/debug/canary-demo ARGS with the test environment

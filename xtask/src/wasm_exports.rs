@@ -1,5 +1,5 @@
-//! Drops the per-request callbacks the filter does not implement from the
-//! exports of its module.
+//! Drops the per-request callbacks a module does not implement from its
+//! exports: the filter's, and the overhead benchmark's two floors'.
 //!
 //! Why: the proxy-wasm Rust SDK exports every `proxy_on_*` callback of the
 //! ABI, and Envoy enters the VM for each exported one on every request,
@@ -10,6 +10,10 @@
 //! by side at the overhead benchmark's rate (`bench/README.md`), more than
 //! the split itself. The SDK offers no switch for its exports, and writing
 //! the ABI glue by hand would need `unsafe`, which the workspace forbids.
+//!
+//! The floors (b) and (c) are pruned the same way, each down to what it
+//! implements: the benchmark compares the filter's work with theirs, not a
+//! pruned module with unpruned ones.
 //!
 //! The pruning is done with `wasmparser` and `wasm-encoder`: every section is
 //! copied byte for byte except the export section, which is re-encoded
@@ -22,35 +26,91 @@ use anyhow::{Context, Result, bail, ensure};
 use wasm_encoder::{ExportKind, ExportSection, Module, RawSection};
 use wasmparser::{ExternalKind, Parser, Payload};
 
-/// Callbacks of an HTTP context that the filter does not implement, each
-/// with the SDK trait method that would implement it. Envoy would call each
-/// for every request (the bodies for every chunk) only to get the SDK's
-/// default `Continue`. A callback the filter starts to implement must leave
-/// this list, or it will never run; the test
-/// `no_pruned_callback_is_implemented_by_the_filter` looks for the methods
-/// in `filter/src/`.
-pub const PRUNED: [(&str, &str); 5] = [
+/// Every per-request callback of an HTTP context, with the SDK trait
+/// method that implements it. A module keeps the ones it implements.
+const HTTP_CALLBACKS: [(&str, &str); 7] = [
+    ("proxy_on_request_headers", "on_http_request_headers"),
     ("proxy_on_request_body", "on_http_request_body"),
     ("proxy_on_request_trailers", "on_http_request_trailers"),
     ("proxy_on_response_headers", "on_http_response_headers"),
     ("proxy_on_response_body", "on_http_response_body"),
     ("proxy_on_response_trailers", "on_http_response_trailers"),
+    ("proxy_on_log", "on_log"),
 ];
 
-/// Callbacks the filter implements and the module must keep exporting.
-pub const KEPT_CALLBACKS: [&str; 11] = [
+/// One module's pruning: which of [`HTTP_CALLBACKS`] it implements, and
+/// which exports it must keep.
+pub struct Pruning {
+    /// What the module is, for messages: `filter`.
+    pub module: &'static str,
+    /// The per-request callbacks it implements; the others are pruned.
+    pub implemented: &'static [&'static str],
+    /// Exports the module must still have after pruning.
+    pub kept: &'static [&'static str],
+}
+
+impl Pruning {
+    /// The exports to drop, each with the trait method that would
+    /// implement it. A callback a module starts to implement must go into
+    /// `implemented`, or it will never run; the test
+    /// `no_module_implements_a_callback_it_prunes` looks for the methods in
+    /// the module's sources.
+    pub fn pruned(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        HTTP_CALLBACKS.into_iter().filter(|(export, _)| !self.implemented.contains(export))
+    }
+}
+
+/// What the SDK needs of every module to create its root and HTTP contexts.
+const CONTEXT_CALLBACKS: [&str; 6] = [
     "proxy_on_memory_allocate",
     "proxy_on_vm_start",
     "proxy_on_configure",
     "proxy_on_context_create",
-    "proxy_on_request_headers",
-    "proxy_on_log",
     "proxy_on_done",
     "proxy_on_delete",
-    "proxy_on_tick",
-    "proxy_on_queue_ready",
-    "proxy_on_http_call_response",
 ];
+
+/// The canary filter: it decides in `on_http_request_headers` and records
+/// the status and latency in `on_log`, where Envoy hands over the response
+/// headers sent. (`on_done` cannot read them: Envoy answers `BadArgument`
+/// outside the access-log phase, and the SDK's `get_map_value_bytes`
+/// panics on that.)
+pub const FILTER: Pruning = Pruning {
+    module: "filter",
+    implemented: &["proxy_on_request_headers", "proxy_on_log"],
+    kept: &[
+        "proxy_on_memory_allocate",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_log",
+        "proxy_on_done",
+        "proxy_on_delete",
+        "proxy_on_tick",
+        "proxy_on_queue_ready",
+        "proxy_on_http_call_response",
+    ],
+};
+
+/// Floor (b) of the overhead benchmark: no per-request callback at all.
+pub const NOOP_FLOOR: Pruning = Pruning { module: "no-op floor (b)", implemented: &[], kept: &CONTEXT_CALLBACKS };
+
+/// Floor (c): the route header set in `on_http_request_headers`, nothing
+/// else.
+pub const SPLITTER_FLOOR: Pruning = Pruning {
+    module: "splitter floor (c)",
+    implemented: &["proxy_on_request_headers"],
+    kept: &[
+        "proxy_on_memory_allocate",
+        "proxy_on_vm_start",
+        "proxy_on_configure",
+        "proxy_on_context_create",
+        "proxy_on_request_headers",
+        "proxy_on_done",
+        "proxy_on_delete",
+    ],
+};
 
 /// What [`prune`] did.
 #[derive(Debug, PartialEq, Eq)]
@@ -108,19 +168,19 @@ pub fn export_names(module: &[u8]) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Prunes the filter module at `path` in place ([`PRUNED`]) and checks
-/// that it still exports [`KEPT_CALLBACKS`].
-pub fn prune_filter_in_place(path: &Path) -> Result<()> {
+/// Prunes the module at `path` in place as `pruning` says, and checks that
+/// it still exports what `pruning` keeps.
+pub fn prune_in_place(path: &Path, pruning: &Pruning) -> Result<()> {
     let module = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let names: Vec<&str> = PRUNED.iter().map(|(export, _)| *export).collect();
+    let names: Vec<&str> = pruning.pruned().map(|(export, _)| export).collect();
     let (pruned, outcome) =
         prune(&module, &names).with_context(|| format!("pruning the exports of {}", path.display()))?;
     let exports = export_names(&pruned)?;
-    let lost: Vec<&str> = KEPT_CALLBACKS.into_iter().filter(|name| !exports.iter().any(|e| e == name)).collect();
-    ensure!(lost.is_empty(), "{} does not export {lost:?}, which the filter needs", path.display());
+    let lost: Vec<&str> = pruning.kept.iter().copied().filter(|name| !exports.iter().any(|e| e == name)).collect();
+    ensure!(lost.is_empty(), "{} does not export {lost:?}, which the {} needs", path.display(), pruning.module);
     if let Pruned::Dropped(dropped) = outcome {
         std::fs::write(path, &pruned).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("filter: dropped the unused exports {}", dropped.join(", "));
+        eprintln!("{}: dropped the unused exports {}", pruning.module, dropped.join(", "));
     }
     Ok(())
 }
@@ -202,32 +262,54 @@ mod tests {
         assert!(prune(b"not wasm", &names).is_err());
     }
 
+    /// Each module, with the directory of its sources.
+    const MODULES: [(&Pruning, &str); 3] =
+        [(&FILTER, "filter/src"), (&NOOP_FLOOR, "bench/wasm/noop/src"), (&SPLITTER_FLOOR, "bench/wasm/splitter/src")];
+
     #[test]
-    fn no_pruned_callback_is_implemented_by_the_filter() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../filter/src");
-        let mut read = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|ext| ext != "rs") {
-                continue;
+    fn no_module_implements_a_callback_it_prunes() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (pruning, sources) in MODULES {
+            let dir = root.join(sources);
+            let mut read = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_none_or(|ext| ext != "rs") {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&path).unwrap();
+                read += 1;
+                for (export, method) in pruning.pruned() {
+                    assert!(
+                        !source.contains(&format!("fn {method}(")),
+                        "{} implements {method}, but the build prunes its export {export} from the {}: add it to \
+                         `implemented`",
+                        path.display(),
+                        pruning.module
+                    );
+                }
             }
-            let source = std::fs::read_to_string(&path).unwrap();
-            read += 1;
-            for (export, method) in PRUNED {
-                assert!(
-                    !source.contains(&format!("fn {method}(")),
-                    "{} implements {method}, but the build prunes its export {export}: take it out of PRUNED",
-                    path.display()
-                );
-            }
+            assert!(read > 0, "no source files in {}", dir.display());
         }
-        assert!(read > 0, "no source files in {}", dir.display());
     }
 
     #[test]
-    fn the_pruned_and_the_kept_callbacks_do_not_overlap() {
-        for (name, _) in PRUNED {
-            assert!(!KEPT_CALLBACKS.contains(&name), "{name} is both pruned and kept");
+    fn every_module_keeps_what_it_implements_and_prunes_nothing_it_keeps() {
+        for (pruning, _) in MODULES {
+            for name in pruning.implemented {
+                assert!(pruning.kept.contains(name), "{}: {name} is implemented but not kept", pruning.module);
+                assert!(
+                    HTTP_CALLBACKS.iter().any(|(export, _)| export == name),
+                    "{}: {name} is not a per-request callback",
+                    pruning.module
+                );
+            }
+            for (name, _) in pruning.pruned() {
+                assert!(!pruning.kept.contains(&name), "{}: {name} is both pruned and kept", pruning.module);
+            }
         }
+        // The floors do less than the filter, never more.
+        assert_eq!(NOOP_FLOOR.pruned().count(), HTTP_CALLBACKS.len());
+        assert_eq!(SPLITTER_FLOOR.pruned().count(), FILTER.pruned().count() + 1);
     }
 }

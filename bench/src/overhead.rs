@@ -524,6 +524,10 @@ pub struct ConcurrencyRun {
     /// The probe rounds that chose that rate, in order; the last one kept
     /// up unless every one of the [`SIDE_BY_SIDE_PROBES`] failed to.
     pub side_by_side_probes: Vec<KeepUp>,
+    /// Sets of rounds run at a rate the probe passed but that most of the
+    /// rounds then fell behind; the rounds were run again at half the rate.
+    /// Each is summed up like a probe (its lowest share, its highest p99).
+    pub side_by_side_abandoned: Vec<KeepUp>,
     pub side_by_side: Vec<SideBySideRound>,
     pub side_by_side_ratios: Vec<SideBySideRatio>,
 }
@@ -531,6 +535,10 @@ pub struct ConcurrencyRun {
 /// At most this many probe rounds choose the side-by-side rate, halving it
 /// each time: down to an eighth of the shared fixed rate.
 const SIDE_BY_SIDE_PROBES: usize = 4;
+/// When most rounds fall behind a rate the probe passed (the probe was on
+/// the edge of saturation), the rounds run again at half the rate, at most
+/// this many times.
+const SIDE_BY_SIDE_RETRIES: usize = 1;
 /// A side-by-side window (a probe or a round) keeps up when every Envoy
 /// served at least this share of its intended rate in the window…
 const KEEP_UP_RATE_SHARE: f64 = 0.97;
@@ -567,6 +575,20 @@ impl KeepUp {
             && lowest_rate_share >= KEEP_UP_RATE_SHARE
             && highest_p99_us.is_some_and(|p99| p99 <= KEEP_UP_P99_US);
         Self { rate_per_second, kept_up, lowest_rate_share, highest_p99_us }
+    }
+
+    /// A whole set of rounds at one rate, judged as one window: kept up
+    /// only if most of its rounds did.
+    fn of_rounds(rate_per_second: f64, rounds: &[SideBySideRound]) -> Self {
+        let kept_up = rounds.iter().filter(|round| round.keep_up.kept_up).count();
+        Self {
+            rate_per_second,
+            kept_up: !rounds.is_empty() && 2 * kept_up >= rounds.len(),
+            lowest_rate_share: rounds.iter().map(|round| round.keep_up.lowest_rate_share).fold(f64::INFINITY, f64::min),
+            highest_p99_us: rounds
+                .iter()
+                .try_fold(0, |highest, round| Some(highest.max(round.keep_up.highest_p99_us?))),
+        }
     }
 }
 
@@ -1050,20 +1072,31 @@ async fn run_concurrency(
         }
     }
     let mut side_by_side = Vec::new();
-    for round in 1..=options.side_by_side_rounds {
-        report::progress(
-            "overhead",
-            &format!(
-                "conc {concurrency} side by side {round}/{}: {} Envoys at {side_by_side_rate_per_second:.0} req/s each",
-                options.side_by_side_rounds,
-                options.variants.len()
-            ),
-        );
-        let envoys = start_all("side-by-side", round).await?;
-        let mut round_samples = phases.side_by_side(&envoys, side_by_side_rate_per_second).await?;
-        round_samples.sort_by_key(|sample| options.variants.iter().position(|&variant| variant == sample.variant));
-        let keep_up = KeepUp::of(side_by_side_rate_per_second, &round_samples);
-        side_by_side.push(SideBySideRound { round, keep_up, samples: round_samples });
+    let mut side_by_side_abandoned = Vec::new();
+    for attempt in 0..=SIDE_BY_SIDE_RETRIES {
+        side_by_side.clear();
+        for round in 1..=options.side_by_side_rounds {
+            report::progress(
+                "overhead",
+                &format!(
+                    "conc {concurrency} side by side {round}/{}: {} Envoys at {side_by_side_rate_per_second:.0} req/s \
+                     each",
+                    options.side_by_side_rounds,
+                    options.variants.len()
+                ),
+            );
+            let envoys = start_all("side-by-side", round).await?;
+            let mut round_samples = phases.side_by_side(&envoys, side_by_side_rate_per_second).await?;
+            round_samples.sort_by_key(|sample| options.variants.iter().position(|&variant| variant == sample.variant));
+            let keep_up = KeepUp::of(side_by_side_rate_per_second, &round_samples);
+            side_by_side.push(SideBySideRound { round, keep_up, samples: round_samples });
+        }
+        let kept_up = side_by_side.iter().filter(|round| round.keep_up.kept_up).count();
+        if attempt == SIDE_BY_SIDE_RETRIES || 2 * kept_up >= side_by_side.len() {
+            break;
+        }
+        side_by_side_abandoned.push(KeepUp::of_rounds(side_by_side_rate_per_second, &side_by_side));
+        side_by_side_rate_per_second /= 2.0;
     }
     report::progress_done();
     let load_average_after = machine::load_average();
@@ -1099,6 +1132,7 @@ async fn run_concurrency(
         samples,
         side_by_side_rate_per_second,
         side_by_side_probes,
+        side_by_side_abandoned,
         side_by_side,
         side_by_side_ratios,
     })
@@ -1925,12 +1959,25 @@ fn probe_sentence(run: &ConcurrencyRun) -> String {
             )
         })
         .collect();
+    let abandoned: String = run
+        .side_by_side_abandoned
+        .iter()
+        .map(|set| {
+            format!(
+                " At {:.0} req/s each most rounds fell behind (lowest served share {:.3}, highest p99 {}), so the \
+                 rounds ran again at half that rate.",
+                set.rate_per_second,
+                set.lowest_rate_share,
+                set.highest_p99_us.map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3))
+            )
+        })
+        .collect();
     let rounds = if behind.is_empty() {
         format!(" Every one of the {} rounds kept up.", run.side_by_side.len())
     } else {
         format!(" Rounds that fell behind: {}.", behind.join("; "))
     };
-    format!("{rule} Probes: {}.{verdict}{rounds}", tried.join("; "))
+    format!("{rule} Probes: {}.{verdict}{abandoned}{rounds}", tried.join("; "))
 }
 
 /// Each variant's samples over the side-by-side rounds that kept up (every
@@ -2221,6 +2268,7 @@ mod tests {
             samples,
             side_by_side_rate_per_second: 0.0,
             side_by_side_probes: Vec::new(),
+            side_by_side_abandoned: Vec::new(),
             side_by_side: Vec::new(),
             side_by_side_ratios: Vec::new(),
         };
@@ -2317,6 +2365,7 @@ mod tests {
                     highest_p99_us: Some(3_000),
                 },
             ],
+            side_by_side_abandoned: Vec::new(),
             side_by_side_ratios: vec![ratio, SideBySideRatio::of(Variant::DRandom, Variant::A, &rounds), floor],
             side_by_side: rounds,
         };
@@ -2379,6 +2428,7 @@ mod tests {
                 lowest_rate_share: 1.0,
                 highest_p99_us: Some(3_000),
             }],
+            side_by_side_abandoned: Vec::new(),
             side_by_side_ratios: vec![ratio],
             side_by_side: rounds,
         };
@@ -2391,6 +2441,23 @@ mod tests {
         assert!(
             section.contains("Rounds that fell behind: 2 (lowest served share 0.800, highest p99 900.0 ms)."),
             "{section}"
+        );
+        let set = KeepUp::of_rounds(1_000.0, &run.side_by_side);
+        assert!(set.kept_up, "2 of 3 rounds kept up: {set:?}");
+        assert_eq!((set.lowest_rate_share, set.highest_p99_us), (0.8, Some(900_000)));
+        run.side_by_side_abandoned = vec![KeepUp {
+            rate_per_second: 2_000.0,
+            kept_up: false,
+            lowest_rate_share: 0.9,
+            highest_p99_us: Some(1_200_000),
+        }];
+        assert!(
+            side_by_side_section(&run).contains(
+                "At 2000 req/s each most rounds fell behind (lowest served share 0.900, highest p99 1200.0 ms), so \
+                 the rounds ran again at half that rate."
+            ),
+            "{}",
+            side_by_side_section(&run)
         );
         // The per-variant table leaves the round out too: (d) 104 and 106.
         assert!(

@@ -2264,26 +2264,13 @@ mod tests {
         assert!((fixed.median - 1.05).abs() < 1e-9, "{fixed:?}");
 
         let run = ConcurrencyRun {
-            concurrency: 1,
-            pinned: true,
-            pinning: String::new(),
-            load_average_before: None,
-            load_average_after: None,
-            calibration: Vec::new(),
-            fixed_rate_per_second: 1_000.0,
-            fixed_rate_source: String::new(),
-            summaries: Vec::new(),
             ratios: vec![
                 ratio,
                 RatioSummary::of(Variant::DRandom, Variant::A, &samples),
                 RatioSummary::of(Variant::C, Variant::A, &samples),
             ],
             samples,
-            side_by_side_rate_per_second: 0.0,
-            side_by_side_probes: Vec::new(),
-            side_by_side_abandoned: Vec::new(),
-            side_by_side: Vec::new(),
-            side_by_side_ratios: Vec::new(),
+            ..run_at(1)
         };
         let verdicts = verdicts(&[run]);
         assert_eq!(verdicts.len(), 4, "saturated and fixed rate for two targets; (c)/(a) has no target");
@@ -2328,6 +2315,28 @@ mod tests {
         assert!(!KeepUp::of(1_000.0, &[]).kept_up);
     }
 
+    /// A run of `concurrency` with nothing in it, for a test to fill.
+    fn run_at(concurrency: usize) -> ConcurrencyRun {
+        ConcurrencyRun {
+            concurrency,
+            pinned: concurrency == 1,
+            pinning: String::new(),
+            load_average_before: None,
+            load_average_after: None,
+            calibration: Vec::new(),
+            fixed_rate_per_second: 1_000.0,
+            fixed_rate_source: String::new(),
+            summaries: Vec::new(),
+            ratios: Vec::new(),
+            samples: Vec::new(),
+            side_by_side_rate_per_second: 0.0,
+            side_by_side_probes: Vec::new(),
+            side_by_side_abandoned: Vec::new(),
+            side_by_side: Vec::new(),
+            side_by_side_ratios: Vec::new(),
+        }
+    }
+
     fn side_by_side_round(round: usize, cpu: &[(Variant, f64)]) -> SideBySideRound {
         SideBySideRound {
             round,
@@ -2363,17 +2372,6 @@ mod tests {
         assert_eq!(floor.by_round.len(), 3);
 
         let run = ConcurrencyRun {
-            concurrency: 2,
-            pinned: false,
-            pinning: String::new(),
-            load_average_before: None,
-            load_average_after: None,
-            calibration: Vec::new(),
-            fixed_rate_per_second: 3_000.0,
-            fixed_rate_source: String::new(),
-            summaries: Vec::new(),
-            ratios: Vec::new(),
-            samples: Vec::new(),
             side_by_side_rate_per_second: 1_000.0,
             side_by_side_probes: vec![
                 KeepUp { rate_per_second: 2_000.0, kept_up: false, lowest_rate_share: 0.8, highest_p99_us: None },
@@ -2384,9 +2382,9 @@ mod tests {
                     highest_p99_us: Some(3_000),
                 },
             ],
-            side_by_side_abandoned: Vec::new(),
             side_by_side_ratios: vec![ratio, SideBySideRatio::of(Variant::DRandom, Variant::A, &rounds), floor],
             side_by_side: rounds,
+            ..run_at(2)
         };
         let verdicts = verdicts(std::slice::from_ref(&run));
         assert_eq!(verdicts.len(), 2, "(d)/(c) and (d)/(a); (c)/(a) has no target");
@@ -2429,17 +2427,6 @@ mod tests {
         assert_eq!(ratio.rounds, [1, 3]);
         assert_eq!(ratio.spread.map(|spread| spread.max), Some(1.06));
         let mut run = ConcurrencyRun {
-            concurrency: 1,
-            pinned: true,
-            pinning: String::new(),
-            load_average_before: None,
-            load_average_after: None,
-            calibration: Vec::new(),
-            fixed_rate_per_second: 2_000.0,
-            fixed_rate_source: String::new(),
-            summaries: Vec::new(),
-            ratios: Vec::new(),
-            samples: Vec::new(),
             side_by_side_rate_per_second: 1_000.0,
             side_by_side_probes: vec![KeepUp {
                 rate_per_second: 1_000.0,
@@ -2447,9 +2434,9 @@ mod tests {
                 lowest_rate_share: 1.0,
                 highest_p99_us: Some(3_000),
             }],
-            side_by_side_abandoned: Vec::new(),
             side_by_side_ratios: vec![ratio],
             side_by_side: rounds,
+            ..run_at(1)
         };
         let verdict = &verdicts(std::slice::from_ref(&run))[0];
         assert!(

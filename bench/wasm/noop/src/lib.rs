@@ -1,6 +1,6 @@
 //! Variant (b) of the overhead benchmark: the floor for any Rust proxy-wasm
 //! HTTP filter. Envoy creates a VM per worker, a root context and one HTTP
-//! context per request. `cargo xtask bench` prunes every per-request
+//! context per request. `cargo xtask build` prunes every per-request
 //! callback from the exports, as the filter's build prunes those it does
 //! not implement, so Envoy enters the VM only to create and delete each
 //! request's context. Whatever it costs over native routing is the price of

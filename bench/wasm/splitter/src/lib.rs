@@ -2,7 +2,7 @@
 //! One SplitMix64 draw and one route-header write per request, 10% canary,
 //! fixed: no configuration, no counting, no latency, no reporting. What the
 //! canary filter costs over this is the price of its measurements.
-//! `cargo xtask bench` prunes the module's other per-request callbacks
+//! `cargo xtask build` prunes the module's other per-request callbacks
 //! from its exports, as the filter's build does, so that the comparison is
 //! of work done, not of exports.
 

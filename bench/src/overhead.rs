@@ -577,7 +577,7 @@ impl KeepUp {
         // window one request short of its rate still kept up.
         let one_short = samples.iter().all(|sample| {
             let expected = rate_per_second * sample.fixed_rate.window_ms / 1_000.0;
-            sample.fixed_rate.requests_per_second * sample.fixed_rate.window_ms / 1_000.0 >= expected - 1.0
+            sample.fixed_rate.requests as f64 >= expected - 1.0
         });
         let highest_p99_us = samples
             .iter()
@@ -587,6 +587,12 @@ impl KeepUp {
             && (lowest_rate_share >= KEEP_UP_RATE_SHARE || one_short)
             && highest_p99_us.is_some_and(|p99| p99 <= KEEP_UP_P99_US);
         Self { rate_per_second, kept_up, lowest_rate_share, highest_p99_us }
+    }
+
+    /// "lowest served share 0.952, highest p99 671.7 ms", for the Markdown.
+    fn describe(&self) -> String {
+        let p99 = self.highest_p99_us.map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3));
+        format!("lowest served share {:.3}, highest p99 {p99}", self.lowest_rate_share)
     }
 
     /// A whole set of rounds at one rate: kept up if at least
@@ -626,6 +632,13 @@ pub struct SideBySideSample {
     pub fixed_rate: PhaseSample,
 }
 
+/// The side-by-side rounds the ratios and tables use: those that kept up,
+/// or every round if none did (the verdicts then say "saturated").
+fn counted_rounds(rounds: &[SideBySideRound]) -> impl Iterator<Item = &SideBySideRound> {
+    let any_kept_up = rounds.iter().any(|round| round.keep_up.kept_up);
+    rounds.iter().filter(move |round| round.keep_up.kept_up || !any_kept_up)
+}
+
 /// `numerator / denominator` of CPU per request within each side-by-side
 /// round that kept up (within every round if none did).
 #[derive(Debug, Clone, Serialize)]
@@ -640,7 +653,6 @@ pub struct SideBySideRatio {
 
 impl SideBySideRatio {
     fn of(numerator: Variant, denominator: Variant, rounds: &[SideBySideRound]) -> Self {
-        let kept_up = rounds.iter().any(|round| round.keep_up.kept_up);
         let cpu = |round: &SideBySideRound, variant: Variant| {
             round
                 .samples
@@ -648,9 +660,7 @@ impl SideBySideRatio {
                 .find(|sample| sample.variant == variant)
                 .map(|sample| sample.fixed_rate.cpu_per_request_us)
         };
-        let (rounds, by_round): (Vec<usize>, Vec<f64>) = rounds
-            .iter()
-            .filter(|round| round.keep_up.kept_up || !kept_up)
+        let (rounds, by_round): (Vec<usize>, Vec<f64>) = counted_rounds(rounds)
             .filter_map(|round| Some((round.round, cpu(round, numerator)? / cpu(round, denominator)?)))
             .filter(|(_, ratio)| ratio.is_finite())
             .unzip();
@@ -1936,10 +1946,9 @@ fn probe_sentence(run: &ConcurrencyRun) -> String {
         .iter()
         .map(|probe| {
             format!(
-                "{:.0} req/s each: lowest served share {:.3}, highest p99 {}{}",
+                "{:.0} req/s each: {}{}",
                 probe.rate_per_second,
-                probe.lowest_rate_share,
-                probe.highest_p99_us.map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3)),
+                probe.describe(),
                 if probe.kept_up { ", kept up" } else { "" }
             )
         })
@@ -1959,29 +1968,18 @@ fn probe_sentence(run: &ConcurrencyRun) -> String {
         .side_by_side
         .iter()
         .filter(|round| !round.keep_up.kept_up)
-        .map(|round| {
-            format!(
-                "{} (lowest served share {:.3}, highest p99 {})",
-                round.round,
-                round.keep_up.lowest_rate_share,
-                round
-                    .keep_up
-                    .highest_p99_us
-                    .map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3))
-            )
-        })
+        .map(|round| format!("{} ({})", round.round, round.keep_up.describe()))
         .collect();
     let abandoned: String = run
         .side_by_side_abandoned
         .iter()
         .map(|set| {
             format!(
-                " At {:.0} req/s each more than {:.0}% of the rounds fell behind (lowest served share {:.3}, highest \
-                 p99 {}), so the rounds ran again at half that rate.",
+                " At {:.0} req/s each more than {:.0}% of the rounds fell behind ({}), so the rounds ran again at half \
+                 that rate.",
                 set.rate_per_second,
                 (1.0 - KEEP_UP_ROUNDS_SHARE) * 100.0,
-                set.lowest_rate_share,
-                set.highest_p99_us.map_or_else(|| "none".to_owned(), |p99| format!("{:.1} ms", p99 as f64 / 1e3))
+                set.describe()
             )
         })
         .collect();
@@ -1996,7 +1994,6 @@ fn probe_sentence(run: &ConcurrencyRun) -> String {
 /// Each variant's samples over the side-by-side rounds that kept up (every
 /// round if none did), in variant order.
 fn side_by_side_by_variant(run: &ConcurrencyRun) -> Vec<(Variant, Vec<&PhaseSample>)> {
-    let any_kept_up = run.side_by_side_rounds_kept_up() > 0;
     let variants: Vec<Variant> = run
         .side_by_side
         .first()
@@ -2005,10 +2002,7 @@ fn side_by_side_by_variant(run: &ConcurrencyRun) -> Vec<(Variant, Vec<&PhaseSamp
     variants
         .into_iter()
         .map(|variant| {
-            let samples = run
-                .side_by_side
-                .iter()
-                .filter(|round| round.keep_up.kept_up || !any_kept_up)
+            let samples = counted_rounds(&run.side_by_side)
                 .filter_map(|round| round.samples.iter().find(|sample| sample.variant == variant))
                 .map(|sample| &sample.fixed_rate)
                 .collect();
@@ -2289,6 +2283,8 @@ mod tests {
         let sample = |variant: Variant, requests_per_second: f64, p99_us: Option<u64>| {
             let mut fixed_rate = phase(100.0);
             fixed_rate.requests_per_second = requests_per_second;
+            // `phase` is a 1 s window.
+            fixed_rate.requests = requests_per_second.round() as u64;
             fixed_rate.generator.latency =
                 p99_us.map(|p99_us| LatencySummary { count: 1, p50_us: 1, p90_us: 1, p99_us, p999_us: 1, max_us: 1 });
             SideBySideSample { variant, fixed_rate }
@@ -2307,8 +2303,10 @@ mod tests {
         // At 1 req/s over a 20 s window, 19 requests is one short: kept up.
         let mut slow = sample(Variant::C, 0.95, Some(4_000));
         slow.fixed_rate.window_ms = 20_000.0;
+        slow.fixed_rate.requests = 19;
         assert!(KeepUp::of(1.0, std::slice::from_ref(&slow)).kept_up);
         slow.fixed_rate.requests_per_second = 0.9;
+        slow.fixed_rate.requests = 18;
         assert!(!KeepUp::of(1.0, &[slow]).kept_up, "two short");
         let unknown = [sample(Variant::C, 995.0, None)];
         assert!(!KeepUp::of(1_000.0, &unknown).kept_up);

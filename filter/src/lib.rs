@@ -18,6 +18,7 @@
 pub mod config;
 pub mod mailbox;
 pub mod reporter;
+pub mod ticks;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]

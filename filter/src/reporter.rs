@@ -375,6 +375,11 @@ impl Reporter {
         self.open[kind.index()]
     }
 
+    /// Whether a report waits that no open batch carries.
+    pub fn has_waiting(&self) -> bool {
+        self.workers.values().any(Known::sendable)
+    }
+
     pub fn batches_failed_total(&self) -> u64 {
         self.batches_failed_total
     }

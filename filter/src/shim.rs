@@ -19,11 +19,9 @@ use crate::reporter::{
     BatchKind, Handed, LEASE_KEY, Lease, LeaseAction, REPORT_MESSAGE_TAG, ReportMessage, Reporter, WEIGHTS_ONLY_SEQ,
     lease_action, lease_duration_ms, must_hand_over_again,
 };
+use crate::ticks::{Waiting, period_change};
 use crate::worker::{SyncFailure, SyncOutcome, Worker};
 
-/// How often each worker checks whether a sync or a metrics flush is due.
-/// Weight changes do not wait for it: they arrive on the open sync call.
-const TICK: Duration = Duration::from_millis(200);
 const SYNC_PATH: &str = "/v1/filter/sync";
 const SYNC_BATCH_PATH: &str = "/v1/filter/sync-batch";
 /// With the `test-panic` feature (test builds only), a request carrying this
@@ -64,6 +62,8 @@ struct CanaryRoot {
     /// Envoy is tearing the VM down (`on_done`): the last unacknowledged
     /// counts are being sent, and `done()` ends the VM after that.
     shutting_down: bool,
+    /// The tick period set, 0 before the first (`crate::ticks`).
+    tick_period_ms: u64,
     /// Batched mode (`batch_reports`); `None` sends this worker's own syncs.
     batched: Option<Batched>,
     /// The final-reports queue (`crate::mailbox`), in both modes; `None`
@@ -135,6 +135,7 @@ impl CanaryRoot {
             flushed_sync_failures: 0,
             flushed_sync_timeouts: 0,
             shutting_down: false,
+            tick_period_ms: 0,
             batched: None,
             mailbox: None,
         }
@@ -201,6 +202,28 @@ impl CanaryRoot {
         let weights = configured.worker.borrow().weights();
         let _ = hostcalls::record_metric(metrics.weight_bp, u64::from(weights.canary_weight.bp()));
         let _ = hostcalls::record_metric(metrics.weights_version, weights.weights_version);
+    }
+
+    /// Sets the tick period this VM's state wants (`crate::ticks`): short
+    /// while something waits on a tick, long while the open call drives the
+    /// reports. `at_tick`: called at the end of a tick.
+    fn update_tick_period(&mut self, at_tick: bool) {
+        let Some(configured) = &self.configured else { return };
+        let waiting = Waiting {
+            sync_not_open: !configured.worker.borrow().sync_in_flight(),
+            no_reporter: self.batched.as_ref().is_some_and(|batched| batched.role == Role::Unknown),
+            reports_waiting: self
+                .batched
+                .as_ref()
+                .is_some_and(|batched| batched.role == Role::Reporter && batched.reporter.has_waiting()),
+            adopted_waiting: self.mailbox.as_ref().is_some_and(|mailbox| !mailbox.adopted.is_empty()),
+        };
+        let wanted_ms = waiting.period_ms(at_tick, u64::from(configured.config.report_interval_ms));
+        if let Some(period_ms) = period_change(self.tick_period_ms, wanted_ms, at_tick)
+            && hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok()
+        {
+            self.tick_period_ms = period_ms;
+        }
     }
 }
 
@@ -338,6 +361,8 @@ impl CanaryRoot {
         if outcome.resync_now {
             self.start_sync();
         }
+        // A failed sync, or one answered early, waits on a tick.
+        self.update_tick_period(false);
     }
 }
 
@@ -856,6 +881,7 @@ impl RootContext for CanaryRoot {
             let batch_reports = config.batch_reports;
             self.configured = Some(Rc::new(configured(config, worker)));
             self.set_batched(batch_reports);
+            self.update_tick_period(false);
             return true;
         }
         let proxy_id = config.proxy_id.clone().unwrap_or_else(node_id);
@@ -870,9 +896,9 @@ impl RootContext for CanaryRoot {
         self.register_mailbox(report_interval_ms);
         self.metrics = define_metrics();
         self.record_weight_gauges();
-        let _ = hostcalls::set_tick_period(TICK);
         // Fetch the weights now rather than at the first tick.
         self.start_sync();
+        self.update_tick_period(false);
         true
     }
 
@@ -893,6 +919,7 @@ impl RootContext for CanaryRoot {
         }
         self.send_batch_if_due(true);
         self.drain_mailbox();
+        self.update_tick_period(true);
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {

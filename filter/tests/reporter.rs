@@ -105,12 +105,15 @@ fn one_batch_carries_every_worker_and_each_gets_its_own_ack() {
     let mut reporter = Reporter::new(INTERVAL_MS);
     let (_, first) = worker_report(1, 3);
     let (_, second) = worker_report(2, 5);
+    assert!(!reporter.has_waiting());
     receive(&mut reporter, 11, 1, 1, &first, 0);
     assert!(reporter.send_due(0, false).is_some(), "every known worker has a report waiting");
     receive(&mut reporter, 12, 2, 1, &second, 1);
+    assert!(reporter.has_waiting());
 
     let mut body = Vec::new();
     assert_eq!(reporter.begin_batch(HELD, INTERVAL_MS, 1, &mut body), 2);
+    assert!(!reporter.has_waiting(), "both reports ride the open batch");
     assert!(reporter.is_open(HELD) && reporter.send_due(1, true).is_none(), "one held batch at a time");
     let batch = ReportBatch::decode(&body).expect("a valid batch");
     assert_eq!(batch.max_hold_ms, INTERVAL_MS);
@@ -127,6 +130,7 @@ fn one_batch_carries_every_worker_and_each_gets_its_own_ack() {
         ]
     );
     assert!(reporter.send_due(900, true).is_none(), "nothing left to send");
+    assert!(!reporter.has_waiting());
 }
 
 #[test]
@@ -134,6 +138,7 @@ fn a_batch_waits_for_every_live_worker_until_the_tick() {
     let (mut reporter, report, _) = two_workers_past_their_first_batch(1_000);
     // Worker 1 answers its ack with its next report first.
     receive(&mut reporter, 11, 1, 2, &report, 1_001);
+    assert!(reporter.has_waiting(), "what a tick that finds it keeps ticking fast for");
     assert!(reporter.send_due(1_001, false).is_none(), "worker 2 is live and its next report is on its way");
     assert!(reporter.send_due(1_001, true).is_none(), "a tick among the arrivals does not split the batch");
     assert!(reporter.send_due(1_001 + GATHER_GRACE_MS - 1, true).is_none());

@@ -9,7 +9,10 @@
 //! - **(b)** a no-op Rust proxy-wasm filter (`bench/wasm/noop`) with the
 //!   header-match routes: the floor of any wasm filter;
 //! - **(c)** a minimal splitter (`bench/wasm/splitter`): one SplitMix64 draw
-//!   and one header write, 10%: the floor of any wasm splitter;
+//!   and one header write, 10%: the floor of any wasm splitter; and the same
+//!   module sticky on `x-user-id` (`c_sticky`): one header read and the
+//!   filter's sticky hash instead of the draw, the floor of any sticky wasm
+//!   splitter, which (d) sticky is also judged against;
 //! - **(d)** `canary_filter.wasm` at 10% with a real analyzer and reporting
 //!   on (the production report interval), once random (`d_random`) and once
 //!   sticky on the `x-user-id` header (`d_sticky`).
@@ -19,7 +22,7 @@
 //!
 //! For each Envoy `--concurrency` a calibration pass measures every variant's
 //! maximum throughput once; the fixed rate is `--rate-fraction` (50%) of the
-//! slowest. Then `--rounds` interleaved rounds `a b c d_random d_sticky`,
+//! slowest. Then `--rounds` interleaved rounds `a b c c_sticky d_random d_sticky`,
 //! each a fresh Envoy, run two phases, each a warm-up and a measured window:
 //!
 //! 1. **saturation**: closed loop over `--connections` keep-alive
@@ -120,6 +123,8 @@ pub enum Variant {
     A,
     B,
     C,
+    /// (c) sticky on [`STICKY_HEADER`].
+    CSticky,
     DRandom,
     DSticky,
     /// (d) random again, from the module `--candidate-wasm` names: another
@@ -131,7 +136,8 @@ pub enum Variant {
 
 impl Variant {
     /// The variants the issue defines: the default set.
-    pub const ALL: [Variant; 5] = [Variant::A, Variant::B, Variant::C, Variant::DRandom, Variant::DSticky];
+    pub const ALL: [Variant; 6] =
+        [Variant::A, Variant::B, Variant::C, Variant::CSticky, Variant::DRandom, Variant::DSticky];
     /// Only with `--candidate-wasm`.
     pub const CANDIDATES: [Variant; 2] = [Variant::ERandom, Variant::ESticky];
 
@@ -140,6 +146,7 @@ impl Variant {
             Variant::A => "a",
             Variant::B => "b",
             Variant::C => "c",
+            Variant::CSticky => "c_sticky",
             Variant::DRandom => "d_random",
             Variant::DSticky => "d_sticky",
             Variant::ERandom => "e_random",
@@ -153,6 +160,7 @@ impl Variant {
             Variant::A => "(a) native",
             Variant::B => "(b) no-op wasm",
             Variant::C => "(c) min splitter",
+            Variant::CSticky => "(c) sticky min splitter",
             Variant::DRandom => "(d) random",
             Variant::DSticky => "(d) sticky",
             Variant::ERandom => "(e) candidate random",
@@ -165,6 +173,7 @@ impl Variant {
             Variant::A => "(a)",
             Variant::B => "(b)",
             Variant::C => "(c)",
+            Variant::CSticky => "(c) sticky",
             Variant::DRandom => "(d) random",
             Variant::DSticky => "(d) sticky",
             Variant::ERandom => "(e) random",
@@ -184,7 +193,7 @@ impl Variant {
         match self {
             Variant::A => None,
             Variant::B => Some(&modules.noop),
-            Variant::C => Some(&modules.splitter),
+            Variant::C | Variant::CSticky => Some(&modules.splitter),
             Variant::DRandom | Variant::DSticky => Some(&modules.filter),
             // Without a candidate module the variant cannot run; `check`
             // says so before anything starts.
@@ -192,7 +201,8 @@ impl Variant {
         }
     }
 
-    /// The plugin configuration. (b) and (c) ignore theirs. (d) runs with
+    /// The plugin configuration. (b) and (c) have none; (c) sticky's is the
+    /// header its key is in. (d) runs with
     /// the production report interval (the filter's default) and starts at
     /// 10% before the analyzer's first answer, which also says 10%.
     pub fn filter_configuration(self) -> String {
@@ -204,6 +214,7 @@ impl Variant {
         });
         match self {
             Variant::A | Variant::B | Variant::C => return String::new(),
+            Variant::CSticky => return STICKY_HEADER.to_owned(),
             Variant::DRandom | Variant::ERandom => {}
             Variant::DSticky | Variant::ESticky => config["sticky"] = json!({ "header": STICKY_HEADER }),
         }
@@ -227,7 +238,7 @@ impl std::str::FromStr for Variant {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Variant::ALL.into_iter().chain(Variant::CANDIDATES).find(|variant| variant.id() == text).ok_or_else(|| {
             format!(
-                "unknown variant {text:?}: expected one of a, b, c, d_random, d_sticky, \
+                "unknown variant {text:?}: expected one of a, b, c, c_sticky, d_random, d_sticky, \
                      or with --candidate-wasm e_random, e_sticky"
             )
         })
@@ -293,7 +304,7 @@ pub struct OverheadArgs {
     /// Envoy worker counts [default: 1,2; smoke: 1].
     #[arg(long, value_delimiter = ',')]
     pub concurrency: Option<Vec<usize>>,
-    /// Variants, in round order [default: a,b,c,d_random,d_sticky; smoke:
+    /// Variants, in round order [default: a,b,c,c_sticky,d_random,d_sticky; smoke:
     /// a,d_random,d_sticky].
     #[arg(long, value_delimiter = ',')]
     pub variants: Option<Vec<Variant>>,
@@ -783,17 +794,20 @@ impl RatioSummary {
 }
 
 /// The ratios the results report, in this order, when both sides ran.
-const RATIOS: [(Variant, Variant); 10] = [
+const RATIOS: [(Variant, Variant); 13] = [
     (Variant::DRandom, Variant::C),
     (Variant::DSticky, Variant::C),
+    (Variant::DSticky, Variant::CSticky),
     (Variant::DRandom, Variant::A),
     (Variant::DSticky, Variant::A),
     (Variant::B, Variant::A),
     (Variant::C, Variant::A),
+    (Variant::CSticky, Variant::C),
     (Variant::ERandom, Variant::DRandom),
     (Variant::ESticky, Variant::DSticky),
     (Variant::ERandom, Variant::C),
     (Variant::ESticky, Variant::C),
+    (Variant::ESticky, Variant::CSticky),
 ];
 
 /// The [`RATIOS`] whose both sides ran.
@@ -1290,7 +1304,7 @@ fn target_of(numerator: Variant, denominator: Variant) -> Option<f64> {
         return None;
     }
     match denominator {
-        Variant::C => Some(TARGET_D_OVER_C),
+        Variant::C | Variant::CSticky => Some(TARGET_D_OVER_C),
         Variant::A => Some(TARGET_D_OVER_A),
         _ => None,
     }
@@ -2184,6 +2198,8 @@ mod tests {
         }
         assert!("d".parse::<Variant>().is_err());
         assert_eq!(Variant::A.filter_configuration(), "");
+        assert_eq!(Variant::C.filter_configuration(), "", "(c) splits at random");
+        assert_eq!(Variant::CSticky.filter_configuration(), STICKY_HEADER, "(c) sticky reads the key (d) reads");
         let sticky: Value = serde_json::from_str(&Variant::DSticky.filter_configuration()).expect("JSON");
         assert_eq!(sticky["sticky"]["header"], STICKY_HEADER);
         assert_eq!(sticky["initial_canary_weight_bp"], 1_000);

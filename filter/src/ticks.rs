@@ -2,7 +2,7 @@
 //!
 //! Why it varies: each tick wakes the worker thread and enters the VM, and
 //! on the bench host that costs an idle Envoy about 0.2 ms of CPU per tick,
-//! whatever the tick then does (`bench/results/2026-11-27-vm-4/`). Most
+//! whatever the tick then does (`bench/results/2026-11-27-vm-4/candidates/`). Most
 //! ticks find nothing to do. While a worker's report is in flight, the
 //! analyzer's answer starts the next one, not a tick (the long-poll), and
 //! new weights arrive on that open call. So a VM ticks every

@@ -54,8 +54,11 @@ impl Context for SplitRoot {}
 impl RootContext for SplitRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let configuration = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten();
-        let header = configuration.and_then(|bytes| String::from_utf8(bytes).ok()).filter(|text| !text.is_empty());
-        STICKY_HEADER.set(header.map(|header| header.trim().to_owned()));
+        let header = configuration
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|header| !header.is_empty());
+        STICKY_HEADER.set(header);
         true
     }
 
